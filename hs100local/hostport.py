@@ -1,0 +1,33 @@
+"""Parse ``HOST[:PORT]`` arguments (IPv4, names, and ``[IPv6]:PORT``)."""
+
+from __future__ import annotations
+
+from hs100local.errors import TargetError
+
+DEFAULT_PORT = 9999
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split ``HOST[:PORT]``; a bare IPv6 address (several colons) has no port."""
+    text = text.strip()
+    if not text:
+        raise TargetError("empty host")
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise TargetError(f"unbalanced '[' in host {text!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise TargetError(f"unexpected text after ']' in {text!r}")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise TargetError(f"no host in {text!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise TargetError(f"invalid port {port_text!r} in {text!r}")
+    return host, int(port_text)

@@ -1,0 +1,279 @@
+"""Typed results parsed from plug replies.
+
+The firmware's JSON differs between hardware versions (``type``/``mic_type``,
+``latitude``/``latitude_i``, energy meter v1 units vs v2 milli-units); these
+classes normalise it once so the CLI and services never look at raw keys. Every
+result keeps ``raw`` so nothing the plug said is lost (``--json`` prints it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass(frozen=True)
+class OutletInfo:
+    """One outlet of a power strip (HS300, KP303, KP400), from ``children``."""
+
+    index: int  # 1-based, as printed on the strip and in the default aliases
+    id: str
+    alias: str
+    is_on: bool
+    on_time: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "id": self.id,
+            "alias": self.alias,
+            "state": "on" if self.is_on else "off",
+            "on_time": self.on_time,
+        }
+
+
+@dataclass(frozen=True)
+class SysInfo:
+    """``system.get_sysinfo``, normalised across hardware versions."""
+
+    raw: dict[str, Any]
+    alias: str
+    model: str
+    hw_ver: str
+    sw_ver: str
+    mac: str
+    device_id: str
+    device_type: str
+    relay_on: bool | None  # None on strips: they have no top-level relay
+    led_on: bool
+    on_time: int
+    rssi: int | None
+    features: tuple[str, ...]
+    latitude: float | None
+    longitude: float | None
+    children: tuple[OutletInfo, ...] = field(default_factory=tuple)
+
+    @property
+    def is_strip(self) -> bool:
+        return bool(self.children)
+
+    @property
+    def has_emeter(self) -> bool:
+        return "ENE" in self.features
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SysInfo:
+        children = tuple(
+            OutletInfo(
+                index=i + 1,
+                id=str(child.get("id", "")),
+                alias=str(child.get("alias", "")),
+                is_on=bool(_int(child.get("state"))),
+                on_time=_int(child.get("on_time")),
+            )
+            for i, child in enumerate(data.get("children") or [])
+            if isinstance(child, dict)
+        )
+        if "latitude_i" in data:
+            lat = _int(data.get("latitude_i")) / 10000
+            lon = _int(data.get("longitude_i")) / 10000
+        elif "latitude" in data:
+            lat, lon = float(data.get("latitude") or 0), float(data.get("longitude") or 0)
+        else:
+            lat = lon = None
+        relay = data.get("relay_state")
+        rssi = data.get("rssi")
+        return cls(
+            raw=data,
+            alias=str(data.get("alias", "")),
+            model=str(data.get("model", "")),
+            hw_ver=str(data.get("hw_ver", "")),
+            sw_ver=str(data.get("sw_ver", "")),
+            mac=str(data.get("mac") or data.get("mic_mac") or ""),
+            device_id=str(data.get("deviceId", "")),
+            device_type=str(data.get("mic_type") or data.get("type") or ""),
+            relay_on=None if relay is None else bool(_int(relay)),
+            led_on=not bool(_int(data.get("led_off"))),
+            on_time=_int(data.get("on_time")),
+            rssi=rssi if isinstance(rssi, int) else None,
+            features=tuple(f for f in str(data.get("feature", "")).split(":") if f),
+            latitude=lat,
+            longitude=lon,
+            children=children,
+        )
+
+
+@dataclass(frozen=True)
+class EmeterReading:
+    """Realtime energy meter reading in SI units (v1 and v2 firmware normalised)."""
+
+    voltage_v: float
+    current_a: float
+    power_w: float
+    total_kwh: float
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmeterReading:
+        def pick(v1: str, v2: str, scale: float) -> float:
+            if v1 in data:
+                return float(data[v1])
+            if v2 in data:
+                return float(data[v2]) * scale
+            return 0.0
+
+        return cls(
+            voltage_v=pick("voltage", "voltage_mv", 1e-3),
+            current_a=pick("current", "current_ma", 1e-3),
+            power_w=pick("power", "power_mw", 1e-3),
+            total_kwh=pick("total", "total_wh", 1e-3),
+            raw=data,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "voltage_v": round(self.voltage_v, 3),
+            "current_a": round(self.current_a, 4),
+            "power_w": round(self.power_w, 3),
+            "total_kwh": round(self.total_kwh, 4),
+        }
+
+
+@dataclass(frozen=True)
+class EnergyEntry:
+    """One row of ``get_daystat``/``get_monthstat``, energy in kWh."""
+
+    year: int
+    month: int
+    day: int | None
+    energy_kwh: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnergyEntry:
+        if "energy" in data:
+            kwh = float(data["energy"])
+        else:
+            kwh = float(data.get("energy_wh", 0)) / 1000
+        day = data.get("day")
+        return cls(_int(data.get("year")), _int(data.get("month")), day, kwh)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"year": self.year, "month": self.month}
+        if self.day is not None:
+            out["day"] = self.day
+        out["energy_kwh"] = round(self.energy_kwh, 4)
+        return out
+
+
+@dataclass(frozen=True)
+class PlugTime:
+    """The plug's wall clock (local time in its zone, 1 s resolution) and zone index."""
+
+    year: int
+    month: int
+    mday: int
+    hour: int
+    minute: int
+    second: int
+    tz_index: int | None
+
+    @classmethod
+    def from_dicts(cls, t: dict[str, Any], tz: dict[str, Any] | None) -> PlugTime:
+        index = None if tz is None else tz.get("index")
+        return cls(
+            _int(t.get("year")),
+            _int(t.get("month")),
+            _int(t.get("mday")),
+            _int(t.get("hour")),
+            _int(t.get("min")),
+            _int(t.get("sec")),
+            index if isinstance(index, int) else None,
+        )
+
+    def isoformat(self) -> str:
+        return (
+            f"{self.year:04d}-{self.month:02d}-{self.mday:02d}T"
+            f"{self.hour:02d}:{self.minute:02d}:{self.second:02d}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"time": self.isoformat(), "tz_index": self.tz_index}
+
+
+@dataclass(frozen=True)
+class CloudInfo:
+    """``cnCloud.get_info``: whether and where the plug is bound to the vendor cloud."""
+
+    username: str
+    server: str
+    bound: bool
+    connected: bool
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CloudInfo:
+        return cls(
+            username=str(data.get("username", "")),
+            server=str(data.get("server", "")),
+            bound=bool(_int(data.get("binded"))),
+            connected=bool(_int(data.get("cld_connection"))),
+            raw=data,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "server": self.server,
+            "bound": self.bound,
+            "connected": self.connected,
+        }
+
+
+KEY_TYPES = {0: "open", 1: "WEP", 2: "WPA", 3: "WPA2"}
+
+
+@dataclass(frozen=True)
+class AccessPoint:
+    """One network from ``netif.get_scaninfo``."""
+
+    ssid: str
+    key_type: int
+    rssi: int | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AccessPoint:
+        rssi = data.get("rssi")
+        return cls(str(data.get("ssid", "")), _int(data.get("key_type")), rssi)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ssid": self.ssid,
+            "key_type": self.key_type,
+            "security": KEY_TYPES.get(self.key_type, str(self.key_type)),
+            "rssi": self.rssi,
+        }
+
+
+@dataclass(frozen=True)
+class TimeSync:
+    """Outcome of setting a plug's clock: what was sent and what was read back."""
+
+    tz_index: int
+    sent: str
+    read_back: PlugTime
+    offset_s: float  # plug minus host, measured on the read-back
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tz_index": self.tz_index,
+            "sent": self.sent,
+            "read_back": self.read_back.isoformat(),
+            "offset_s": round(self.offset_s, 3),
+        }
