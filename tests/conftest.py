@@ -1,0 +1,36 @@
+"""Shared fixtures: emulated plugs on loopback, each in its own event-loop thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from hs100local.emulator import MODELS, EmulatedPlug
+from hs100local.emulator.server import EmulatorThread
+
+
+@pytest.fixture
+def start_emulator() -> Iterator[Callable[..., EmulatorThread]]:
+    """Factory: ``start_emulator("hs300", alias=...)`` -> a running EmulatorThread."""
+    running: list[EmulatorThread] = []
+
+    def start(model: str = "hs110", **plug_kw) -> EmulatorThread:
+        emu = EmulatorThread(EmulatedPlug(MODELS[model], **plug_kw))
+        emu.__enter__()
+        running.append(emu)
+        return emu
+
+    yield start
+    for emu in running:
+        emu.__exit__(None, None, None)
+
+
+@pytest.fixture
+def emulator(start_emulator) -> EmulatorThread:
+    return start_emulator("hs110")
+
+
+@pytest.fixture
+def strip(start_emulator) -> EmulatorThread:
+    return start_emulator("hs300")
