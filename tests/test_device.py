@@ -9,7 +9,7 @@ import pytest
 from hs100local.device import Plug
 from hs100local.emulator import MODELS, EmulatedPlug
 from hs100local.emulator.server import EmulatorServer
-from hs100local.errors import DeviceError
+from hs100local.errors import DeviceError, Hs100Error
 from hs100local.transport import TcpTransport, udp_query
 
 
@@ -75,10 +75,10 @@ def test_reboot_drops_connection_and_plug_comes_back():
         ):
             await plug.turn_on()
             await plug.reboot(delay=0)
-            while not server.offline:
-                await asyncio.sleep(0.01)
-            while server.offline:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(server.went_down.wait(), 5)
+            with pytest.raises(Hs100Error):  # down: connection dropped, new ones closed
+                await Plug("127.0.0.1", server.port, timeout=1, retries=0).sysinfo()
+            await asyncio.wait_for(server.came_up.wait(), 5)
             info = await plug.sysinfo()
             assert info.relay_on and plug_state.reboot_count == 1
 

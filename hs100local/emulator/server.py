@@ -138,6 +138,9 @@ class EmulatorServer:
         self.sessions: set[_TcpSession] = set()
         self.offline = False
         self.requests = 0
+        #: set when a reboot takes the plug off the network / brings it back
+        self.went_down = asyncio.Event()
+        self.came_up = asyncio.Event()
         self._tcp: asyncio.base_events.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         plug.on_reboot = self._schedule_reboot
@@ -191,12 +194,16 @@ class EmulatorServer:
 
         def go_down() -> None:
             self.offline = True
+            self.came_up.clear()
+            self.went_down.set()
             self.drop_connections()
             loop.call_later(self.reboot_downtime, come_up)
 
         def come_up() -> None:
             self.offline = False
+            self.went_down.clear()
             self.plug.rebooted()
+            self.came_up.set()
 
         loop.call_later(max(delay, 0.05), go_down)
 
