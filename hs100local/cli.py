@@ -105,6 +105,12 @@ def emit(data: Any, human: str | list[str] | None = None) -> None:
         click.echo(human if isinstance(human, str) else "\n".join(human))
 
 
+def one_line(text: str) -> str:
+    """Escape newlines and control characters: a plug's err_msg or alias must not be
+    able to split the one-line error or send escape sequences to the terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _power(on: bool) -> str:
     return "Power ON" if on else "Power OFF"
 
@@ -119,8 +125,8 @@ class RootGroup(click.Group):
             return super().invoke(ctx)
         except Hs100Error as exc:
             if exc.exit_code == 2:
-                raise click.UsageError(str(exc), ctx) from None
-            click.echo(f"hs100local: error: {exc}", err=True)
+                raise click.UsageError(one_line(str(exc)), ctx) from None
+            click.echo(f"hs100local: error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         finally:
             if isinstance(ctx.obj, Settings):
@@ -616,8 +622,9 @@ def raw(request: str) -> None:
     error = _first_error(reply)
     if error:
         where, body = error
-        click.echo(f"hs100local: error: plug answered error {body.get('err_code')} for "
-                   f"{where}: {body.get('err_msg', '')}", err=True)
+        code, text = body.get("err_code"), body.get("err_msg", "")
+        message = f"plug answered error {code} for {where}: {text}"
+        click.echo(f"hs100local: error: {one_line(message)}", err=True)
         sys.exit(1)
 
 

@@ -56,6 +56,19 @@ async def run_async(op: Op[T], send: Callable[[Request], Awaitable[Reply]]) -> T
 # --------------------------------------------------------------- building blocks
 
 
+def parse(factory: Callable[..., T], *data: Any) -> T:
+    """Build a typed result; a reply with wrongly typed fields is a protocol error.
+
+    A plug (or something pretending to be one) may send ``"children": 5`` or
+    ``"latitude": "north"``: that must end as one clear error, not a traceback.
+    """
+    try:
+        return factory(*data)
+    except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as exc:
+        name = getattr(factory, "__qualname__", "result")
+        raise ProtocolError(f"malformed reply ({name}): {exc}") from None
+
+
 def call(
     module: str,
     method: str,
@@ -68,7 +81,7 @@ def call(
 
 
 def sysinfo() -> Op[SysInfo]:
-    return SysInfo.from_dict((yield from call("system", "get_sysinfo")))
+    return parse(SysInfo.from_dict, (yield from call("system", "get_sysinfo")))
 
 
 def find_outlet(info: SysInfo, selector: str) -> OutletInfo:
@@ -168,7 +181,7 @@ def get_time() -> Op[PlugTime]:
         tz: dict[str, Any] | None = method_result(reply, "time", "get_timezone")
     except DeviceError:
         tz = None  # some firmware lacks get_timezone; the clock is still useful
-    return PlugTime.from_dicts(t, tz)
+    return parse(PlugTime.from_dicts, t, tz)
 
 
 def _time_params(when: datetime) -> dict[str, int]:
@@ -233,7 +246,7 @@ def sync_time(tz_index: int, now: Callable[[int], datetime]) -> Op[TimeSync]:
 
 def emeter_realtime(child: str | None = None) -> Op[EmeterReading]:
     ids = yield from _child_ids(child)
-    return EmeterReading.from_dict((yield from call("emeter", "get_realtime", None, ids)))
+    return parse(EmeterReading.from_dict, (yield from call("emeter", "get_realtime", None, ids)))
 
 
 def emeter_strip(child: str | None) -> Op[list[tuple[OutletInfo | None, EmeterReading]]]:
@@ -243,31 +256,43 @@ def emeter_strip(child: str | None) -> Op[list[tuple[OutletInfo | None, EmeterRe
         outlet = find_outlet(info, child) if child is not None else None
         ids = [outlet.id] if outlet else None
         data = yield from call("emeter", "get_realtime", None, ids)
-        return [(outlet, EmeterReading.from_dict(data))]
+        return [(outlet, parse(EmeterReading.from_dict, data))]
     readings = []
     for outlet in info.children:
         data = yield from call("emeter", "get_realtime", None, [outlet.id])
-        readings.append((outlet, EmeterReading.from_dict(data)))
+        readings.append((outlet, parse(EmeterReading.from_dict, data)))
     return readings
+
+
+def _items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The objects in list ``data[key]`` (a missing list is empty, a non-list malformed)."""
+    items = data.get(key, [])
+    if not isinstance(items, list):
+        raise ProtocolError(f"malformed reply: {key} is not a list")
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _entries(data: dict[str, Any], key: str) -> list[EnergyEntry]:
+    return [parse(EnergyEntry.from_dict, d) for d in _items(data, key)]
 
 
 def emeter_daystat(year: int, month: int, child: str | None = None) -> Op[list[EnergyEntry]]:
     ids = yield from _child_ids(child)
     data = yield from call("emeter", "get_daystat", {"year": year, "month": month}, ids)
-    return [EnergyEntry.from_dict(d) for d in data.get("day_list", []) if isinstance(d, dict)]
+    return _entries(data, "day_list")
 
 
 def emeter_monthstat(year: int, child: str | None = None) -> Op[list[EnergyEntry]]:
     ids = yield from _child_ids(child)
     data = yield from call("emeter", "get_monthstat", {"year": year}, ids)
-    return [EnergyEntry.from_dict(d) for d in data.get("month_list", []) if isinstance(d, dict)]
+    return _entries(data, "month_list")
 
 
 # ----------------------------------------------------------------------- cloud
 
 
 def cloud_info() -> Op[CloudInfo]:
-    return CloudInfo.from_dict((yield from call("cnCloud", "get_info")))
+    return parse(CloudInfo.from_dict, (yield from call("cnCloud", "get_info")))
 
 
 def cloud_unbind() -> Op[None]:
@@ -283,7 +308,7 @@ def cloud_set_server(server: str) -> Op[None]:
 
 def wifi_scan(refresh: bool = True) -> Op[list[AccessPoint]]:
     data = yield from call("netif", "get_scaninfo", {"refresh": int(refresh)})
-    return [AccessPoint.from_dict(a) for a in data.get("ap_list", []) if isinstance(a, dict)]
+    return [parse(AccessPoint.from_dict, a) for a in _items(data, "ap_list")]
 
 
 def wifi_join(ssid: str, password: str, key_type: int = 3) -> Op[None]:
@@ -297,7 +322,7 @@ def wifi_join(ssid: str, password: str, key_type: int = 3) -> Op[None]:
 
 def schedule_rules() -> Op[list[dict[str, Any]]]:
     data = yield from call("schedule", "get_rules")
-    return [r for r in data.get("rule_list", []) if isinstance(r, dict)]
+    return _items(data, "rule_list")
 
 
 COUNTDOWN_MODULES = ("count_down", "countdown")
@@ -320,7 +345,7 @@ def countdown_rules(child: str | None = None) -> Op[list[dict[str, Any]]]:
         except DeviceError as exc:
             errors.append(exc)
             continue
-        return [r for r in data.get("rule_list", []) if isinstance(r, dict)]
+        return _items(data, "rule_list")
     if errors:
         raise errors[-1]
     raise ProtocolError("reply has neither count_down nor countdown")

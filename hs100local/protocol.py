@@ -107,15 +107,19 @@ class FrameDecoder:
             self._need = parse_header(bytes(self._buf[:HEADER_SIZE]), self.limit)
 
     def next_message(self) -> bytes | None:
-        """Return the next whole decrypted message, or ``None`` if more bytes are needed."""
+        """Return the next whole decrypted message, or ``None`` if more bytes are needed.
+
+        A bad header behind a whole frame is only reported on the call after the
+        one that returns that frame, so no valid message is lost to it.
+        """
+        if self._need is None and len(self._buf) >= HEADER_SIZE:
+            self._need = parse_header(bytes(self._buf[:HEADER_SIZE]), self.limit)
         if self._need is None or len(self._buf) < HEADER_SIZE + self._need:
             return None
         end = HEADER_SIZE + self._need
         cipher = bytes(self._buf[HEADER_SIZE:end])
         del self._buf[:end]
         self._need = None
-        if len(self._buf) >= HEADER_SIZE:
-            self._need = parse_header(bytes(self._buf[:HEADER_SIZE]), self.limit)
         return decrypt(cipher)
 
     @property

@@ -15,8 +15,15 @@ from typing import Any
 def _int(value: Any, default: int = 0) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
+
+
+def _flag(value: Any) -> bool:
+    """A 0/1 state field; anything else is a malformed reply, not a guess."""
+    if value in (0, 1) and isinstance(value, int):
+        return bool(value)
+    raise ValueError(f"expected 0 or 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class SysInfo:
                 index=i + 1,
                 id=str(child.get("id", "")),
                 alias=str(child.get("alias", "")),
-                is_on=bool(_int(child.get("state"))),
+                is_on=_flag(child.get("state")),
                 on_time=_int(child.get("on_time")),
             )
             for i, child in enumerate(data.get("children") or [])
@@ -99,7 +106,7 @@ class SysInfo:
             mac=str(data.get("mac") or data.get("mic_mac") or ""),
             device_id=str(data.get("deviceId", "")),
             device_type=str(data.get("mic_type") or data.get("type") or ""),
-            relay_on=None if relay is None else bool(_int(relay)),
+            relay_on=None if relay is None else _flag(relay),
             led_on=not bool(_int(data.get("led_off"))),
             on_time=_int(data.get("on_time")),
             rssi=rssi if isinstance(rssi, int) else None,

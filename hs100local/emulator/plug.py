@@ -36,6 +36,7 @@ DEFAULT_ACCESS_POINTS = (
     {"ssid": "neighbours-guest", "key_type": 0, "rssi": -77},
 )
 FACTORY_TZ_INDEX = 6  # US Pacific, the factory default
+_SLOT_INDICES = frozenset(f"{i:02d}" for i in range(100)) | frozenset(str(i) for i in range(10))
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
 
@@ -259,7 +260,7 @@ class EmulatedPlug:
         for child in ids:
             matches = [i for i in range(len(self.outlets)) if self.child_id(i) == child]
             # Some clients send just the two-digit index; the firmware accepts both.
-            if not matches and isinstance(child, str) and child.isdigit():
+            if not matches and isinstance(child, str) and child in _SLOT_INDICES:
                 matches = [int(child)] if int(child) < len(self.outlets) else []
             if not matches:
                 return None, True
@@ -426,8 +427,13 @@ class EmulatedPlug:
             self.longitude = _require_int(params, "longitude_i", -1800000, 1800000) / 10000
         else:
             lat, lon = params.get("latitude"), params.get("longitude")
-            if not isinstance(lat, int | float) or not isinstance(lon, int | float):
-                raise _Invalid("latitude")
+            for value, bound in ((lat, 90), (lon, 180)):
+                if (
+                    not isinstance(value, int | float)
+                    or isinstance(value, bool)
+                    or not -bound <= value <= bound  # also rejects NaN
+                ):
+                    raise _Invalid("latitude")
             self.latitude, self.longitude = float(lat), float(lon)
         return {}
 
