@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 from hs100local.errors import (
     ConnectionLostError,
@@ -18,36 +19,16 @@ from hs100local.errors import (
     PlugTimeoutError,
     classify_os_error,
 )
-from hs100local.hostport import DEFAULT_PORT
-from hs100local.protocol import MAX_MESSAGE, FrameDecoder, Reply, Request, dumps, encode_tcp, loads
-
-DEFAULT_TIMEOUT = 5.0
+from hs100local.hostport import DEFAULT_PORT, Endpoint
+from hs100local.protocol import FrameDecoder, Reply, Request, dumps, encode_tcp, loads
 
 
-class BlockingTransport:
+class BlockingTransport(Endpoint):
     """A persistent blocking TCP connection to one plug."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int = DEFAULT_PORT,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        connect_timeout: float | None = None,
-        retries: int = 1,
-        limit: int = MAX_MESSAGE,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
-        self.retries = retries
-        self.limit = limit
+    def __init__(self, host: str, port: int = DEFAULT_PORT, **settings: Any) -> None:
+        super().__init__(host, port, **settings)
         self._sock: socket.socket | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
 
     def __enter__(self) -> BlockingTransport:
         return self

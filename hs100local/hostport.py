@@ -3,8 +3,36 @@
 from __future__ import annotations
 
 from hs100local.errors import TargetError
+from hs100local.protocol import MAX_MESSAGE
 
 DEFAULT_PORT = 9999
+DEFAULT_TIMEOUT = 5.0
+
+
+class Endpoint:
+    """Where a plug is and how patiently to talk to it; shared by both transports so
+    the asyncio and the blocking one cannot drift apart in their defaults."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
+        retries: int = 1,
+        limit: int = MAX_MESSAGE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self.retries = retries
+        self.limit = limit
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:

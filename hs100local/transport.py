@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import Any
 
 from hs100local.errors import (
     ConnectionLostError,
@@ -24,10 +25,9 @@ from hs100local.errors import (
     ProtocolError,
     classify_os_error,
 )
-from hs100local.hostport import DEFAULT_PORT
+from hs100local.hostport import DEFAULT_PORT, DEFAULT_TIMEOUT, Endpoint
 from hs100local.protocol import (
     HEADER_SIZE,
-    MAX_MESSAGE,
     Reply,
     Request,
     decode_udp,
@@ -39,39 +39,21 @@ from hs100local.protocol import (
     parse_header,
 )
 
-DEFAULT_TIMEOUT = 5.0
+__all__ = ["DEFAULT_TIMEOUT", "TcpTransport", "udp_query"]
 
 
-class TcpTransport:
+class TcpTransport(Endpoint):
     """Send requests to one plug over a persistent TCP connection.
 
     Queries are serialised (one in flight per connection, as on the plug itself).
     Use as ``async with TcpTransport(host) as t: await t.query({...})``.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int = DEFAULT_PORT,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        connect_timeout: float | None = None,
-        retries: int = 1,
-        limit: int = MAX_MESSAGE,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
-        self.retries = retries
-        self.limit = limit
+    def __init__(self, host: str, port: int = DEFAULT_PORT, **settings: Any) -> None:
+        super().__init__(host, port, **settings)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
 
     async def __aenter__(self) -> TcpTransport:
         return self

@@ -34,8 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
-import selectors
 import signal
 import socket
 import statistics
@@ -45,6 +43,8 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from servers import start_server, stop_server
 
 from hs100local.device import Plug
 from hs100local.protocol import (
@@ -61,48 +61,10 @@ from hs100local.transport import TcpTransport
 BINDIR = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
-READY = re.compile(r"\bon (\d+\.\d+\.\d+\.\d+):(\d+)\b")
 SYSINFO = build_request("system", "get_sysinfo")
 
 
 # ------------------------------------------------------------------ servers
-
-
-def start_server(cmd: list[str], timeout: float = 15.0) -> tuple[subprocess.Popen[str], int]:
-    """Start ``cmd`` and wait for its one ready line ``… on HOST:PORT …``; return the port."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                stop_server(proc)
-                raise SystemExit(f"no ready line from {cmd} within {timeout:g} s")
-            line = proc.stdout.readline()
-            if not line:
-                rc = proc.wait()
-                raise SystemExit(f"{cmd} exited ({rc}) before printing its ready line")
-            match = READY.search(line)
-            if match:
-                return proc, int(match.group(2))
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def fetch_reply_frame(port: int, request_frame: bytes) -> bytes:
