@@ -28,7 +28,7 @@ from hs100local.results import (
     SysInfo,
     TimeSync,
 )
-from hs100local.transport import DEFAULT_TIMEOUT, TcpTransport
+from hs100local.transport import TcpTransport
 
 T = TypeVar("T")
 
@@ -48,14 +48,12 @@ class Plug:
         host: str,
         port: int = DEFAULT_PORT,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        connect_timeout: float | None = None,
-        retries: int = 1,
         transport: TcpTransport | None = None,
+        **settings: Any,
     ) -> None:
-        self.transport = transport or TcpTransport(
-            host, port, timeout=timeout, connect_timeout=connect_timeout, retries=retries
-        )
+        """``settings``: ``timeout``, ``connect_timeout``, ``retries``, ``limit`` (see
+        :class:`~hs100local.hostport.Endpoint`), or pass a ready ``transport``."""
+        self.transport = transport or TcpTransport(host, port, **settings)
 
     def __repr__(self) -> str:
         return f"Plug({self.transport.where!r})"
