@@ -56,19 +56,6 @@ async def run_async(op: Op[T], send: Callable[[Request], Awaitable[Reply]]) -> T
 # --------------------------------------------------------------- building blocks
 
 
-def parse(factory: Callable[..., T], *data: Any) -> T:
-    """Build a typed result; a reply with wrongly typed fields is a protocol error.
-
-    A plug (or something pretending to be one) may send ``"children": 5`` or
-    ``"latitude": "north"``: that must end as one clear error, not a traceback.
-    """
-    try:
-        return factory(*data)
-    except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as exc:
-        name = getattr(factory, "__qualname__", "result")
-        raise ProtocolError(f"malformed reply ({name}): {exc}") from None
-
-
 def call(
     module: str,
     method: str,
@@ -81,7 +68,7 @@ def call(
 
 
 def sysinfo() -> Op[SysInfo]:
-    return parse(SysInfo.from_dict, (yield from call("system", "get_sysinfo")))
+    return SysInfo.from_dict((yield from call("system", "get_sysinfo")))
 
 
 def find_outlet(info: SysInfo, selector: str) -> OutletInfo:
@@ -181,7 +168,7 @@ def get_time() -> Op[PlugTime]:
         tz: dict[str, Any] | None = method_result(reply, "time", "get_timezone")
     except DeviceError:
         tz = None  # some firmware lacks get_timezone; the clock is still useful
-    return parse(PlugTime.from_dicts, t, tz)
+    return PlugTime.from_dicts(t, tz)
 
 
 def _time_params(when: datetime) -> dict[str, int]:
@@ -246,7 +233,7 @@ def sync_time(tz_index: int, now: Callable[[int], datetime]) -> Op[TimeSync]:
 
 def emeter_realtime(child: str | None = None) -> Op[EmeterReading]:
     ids = yield from _child_ids(child)
-    return parse(EmeterReading.from_dict, (yield from call("emeter", "get_realtime", None, ids)))
+    return EmeterReading.from_dict((yield from call("emeter", "get_realtime", None, ids)))
 
 
 def emeter_strip(child: str | None) -> Op[list[tuple[OutletInfo | None, EmeterReading]]]:
@@ -256,11 +243,11 @@ def emeter_strip(child: str | None) -> Op[list[tuple[OutletInfo | None, EmeterRe
         outlet = find_outlet(info, child) if child is not None else None
         ids = [outlet.id] if outlet else None
         data = yield from call("emeter", "get_realtime", None, ids)
-        return [(outlet, parse(EmeterReading.from_dict, data))]
+        return [(outlet, EmeterReading.from_dict(data))]
     readings = []
     for outlet in info.children:
         data = yield from call("emeter", "get_realtime", None, [outlet.id])
-        readings.append((outlet, parse(EmeterReading.from_dict, data)))
+        readings.append((outlet, EmeterReading.from_dict(data)))
     return readings
 
 
@@ -273,7 +260,7 @@ def _items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 
 def _entries(data: dict[str, Any], key: str) -> list[EnergyEntry]:
-    return [parse(EnergyEntry.from_dict, d) for d in _items(data, key)]
+    return [EnergyEntry.from_dict(d) for d in _items(data, key)]
 
 
 def emeter_daystat(year: int, month: int, child: str | None = None) -> Op[list[EnergyEntry]]:
@@ -292,7 +279,7 @@ def emeter_monthstat(year: int, child: str | None = None) -> Op[list[EnergyEntry
 
 
 def cloud_info() -> Op[CloudInfo]:
-    return parse(CloudInfo.from_dict, (yield from call("cnCloud", "get_info")))
+    return CloudInfo.from_dict((yield from call("cnCloud", "get_info")))
 
 
 def cloud_unbind() -> Op[None]:
@@ -308,7 +295,7 @@ def cloud_set_server(server: str) -> Op[None]:
 
 def wifi_scan(refresh: bool = True) -> Op[list[AccessPoint]]:
     data = yield from call("netif", "get_scaninfo", {"refresh": int(refresh)})
-    return [parse(AccessPoint.from_dict, a) for a in _items(data, "ap_list")]
+    return [AccessPoint.from_dict(a) for a in _items(data, "ap_list")]
 
 
 def wifi_join(ssid: str, password: str, key_type: int = 3) -> Op[None]:

@@ -8,14 +8,37 @@ result keeps ``raw`` so nothing the plug said is lost (``--json`` prints it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import wraps
+from typing import Any, TypeVar
+
+from hs100local.errors import ProtocolError
+
+R = TypeVar("R")
+
+
+def _parser(build: Callable[..., R]) -> Callable[..., R]:
+    """Wrap a ``from_dict``: a reply with wrongly typed fields is a protocol error.
+
+    A plug (or something pretending to be one) may send ``"children": 5`` or
+    ``"latitude": "north"``; that must end as one clear error, not a traceback.
+    """
+
+    @wraps(build)
+    def parse(*args: Any) -> R:
+        try:
+            return build(*args)
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as exc:
+            raise ProtocolError(f"malformed reply ({build.__qualname__}): {exc}") from None
+
+    return parse
 
 
 def _int(value: Any, default: int = 0) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError):
         return default
 
 
@@ -76,6 +99,7 @@ class SysInfo:
         return "ENE" in self.features
 
     @classmethod
+    @_parser
     def from_dict(cls, data: dict[str, Any]) -> SysInfo:
         children = tuple(
             OutletInfo(
@@ -128,6 +152,7 @@ class EmeterReading:
     raw: dict[str, Any]
 
     @classmethod
+    @_parser
     def from_dict(cls, data: dict[str, Any]) -> EmeterReading:
         def pick(v1: str, v2: str, scale: float) -> float:
             if v1 in data:
@@ -163,6 +188,7 @@ class EnergyEntry:
     energy_kwh: float
 
     @classmethod
+    @_parser
     def from_dict(cls, data: dict[str, Any]) -> EnergyEntry:
         if "energy" in data:
             kwh = float(data["energy"])
@@ -192,6 +218,7 @@ class PlugTime:
     tz_index: int | None
 
     @classmethod
+    @_parser
     def from_dicts(cls, t: dict[str, Any], tz: dict[str, Any] | None) -> PlugTime:
         index = None if tz is None else tz.get("index")
         return cls(
@@ -225,6 +252,7 @@ class CloudInfo:
     raw: dict[str, Any]
 
     @classmethod
+    @_parser
     def from_dict(cls, data: dict[str, Any]) -> CloudInfo:
         return cls(
             username=str(data.get("username", "")),
@@ -255,6 +283,7 @@ class AccessPoint:
     rssi: int | None
 
     @classmethod
+    @_parser
     def from_dict(cls, data: dict[str, Any]) -> AccessPoint:
         rssi = data.get("rssi")
         return cls(str(data.get("ssid", "")), _int(data.get("key_type")), rssi)

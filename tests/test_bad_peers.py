@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis.strategies as st
@@ -437,12 +437,6 @@ def test_cli_raw_error_reply(how: str) -> None:
     assert json.loads(out)["system"]["get_sysinfo"]["err_code"] == -2
     line = assert_one_error_line(err)
     assert "-2" in line and "system.get_sysinfo" in line
-
-
-@pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatedPlug(MODELS["hs110"])) as emu:
-        yield emu
 
 
 def assert_usage_error(code: int, stderr: str) -> None:
