@@ -39,6 +39,10 @@ class ProtocolError(Hs100Error):
     """The peer sent something that is not the plug protocol (bad length, not JSON)."""
 
 
+class StoreError(Hs100Error):
+    """The local database (plug inventory, events) cannot be opened or written."""
+
+
 class DeviceError(Hs100Error):
     """The plug answered, with a non-zero ``err_code`` for a module or method."""
 

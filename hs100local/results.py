@@ -313,3 +313,96 @@ class TimeSync:
             "read_back": self.read_back.isoformat(),
             "offset_s": round(self.offset_s, 3),
         }
+
+
+def normalize_mac(text: Any) -> str | None:
+    """``aa-bb-cc-dd-ee-ff``/``AABBCCDDEEFF``/``aa:bb:…`` -> ``AA:BB:CC:DD:EE:FF``.
+
+    The legacy firmware says ``mac`` with colons, KLAP discovery with dashes, users
+    type either; the inventory keys on one spelling. ``None`` when it is not a MAC.
+    """
+    if not isinstance(text, str):
+        return None
+    digits = "".join(ch for ch in text if ch not in ":-. ").upper()
+    if len(digits) != 12 or any(ch not in "0123456789ABCDEF" for ch in digits):
+        return None
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+#: ``protocol`` values: the legacy XOR protocol on port 9999, or KLAP (port 9999 closed)
+PROTOCOL_XOR = "xor"
+PROTOCOL_KLAP = "klap"
+
+KLAP_NOTE = (
+    "firmware closed port 9999 (KLAP, needs cloud credentials): no local control; "
+    "'Third-Party Compatibility' in the Kasa app is reported to reopen it"
+)
+
+
+@dataclass(frozen=True)
+class DiscoveredPlug:
+    """One device that answered discovery (UDP 9999, UDP 20002/20004 or a TCP sweep).
+
+    ``host`` is always the address the answer came from, never an address the
+    payload claims. ``sysinfo`` is set for legacy (XOR) plugs; KLAP devices only
+    tell model, MAC and id, and cannot be controlled locally.
+    """
+
+    host: str
+    port: int
+    mac: str
+    alias: str
+    model: str
+    hw_ver: str
+    sw_ver: str
+    device_id: str
+    state: str | None  # "on"/"off"; a strip is "on" if any outlet is; None for KLAP
+    protocol: str  # PROTOCOL_XOR or PROTOCOL_KLAP
+    controllable: bool
+    children: tuple[OutletInfo, ...] = ()
+    interface: str | None = None  # where the answer arrived; None for --target/sweep
+    via: str = "udp"  # "udp" (broadcast or --target) or "tcp" (sweep)
+    note: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_sysinfo(
+        cls, host: str, port: int, info: SysInfo, *, interface: str | None = None,
+        via: str = "udp",
+    ) -> DiscoveredPlug:
+        if info.children:
+            state: str | None = "on" if any(c.is_on for c in info.children) else "off"
+        else:
+            state = None if info.relay_on is None else ("on" if info.relay_on else "off")
+        mac = normalize_mac(info.mac)
+        if mac is None:
+            raise ProtocolError(f"reply from {host} has no valid MAC ({info.mac!r})")
+        return cls(
+            host=host, port=port, mac=mac, alias=info.alias, model=info.model,
+            hw_ver=info.hw_ver, sw_ver=info.sw_ver, device_id=info.device_id, state=state,
+            protocol=PROTOCOL_XOR, controllable=True, children=info.children,
+            interface=interface, via=via, raw=info.raw,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "mac": self.mac,
+            "alias": self.alias,
+            "model": self.model,
+            "hw_ver": self.hw_ver,
+            "sw_ver": self.sw_ver,
+            "device_id": self.device_id,
+            "state": self.state,
+            "protocol": self.protocol,
+            "controllable": self.controllable,
+            "children": [
+                {"index": c.index, "id": c.id, "alias": c.alias,
+                 "state": "on" if c.is_on else "off"}
+                for c in self.children
+            ],
+            "interface": self.interface,
+            "via": self.via,
+            "note": self.note,
+        }
