@@ -19,6 +19,7 @@ import click
 if TYPE_CHECKING:
     from hs100local.blocking import BlockingTransport
     from hs100local.ops import Op, T
+    from hs100local.targets import OpenedTarget
 
 ENV_HOST = "HS100LOCAL_HOST"
 
@@ -28,32 +29,51 @@ class Settings:
 
     def __init__(self) -> None:
         self.host: str | None = None
-        self.timeout: float = 5.0
+        self.timeout: float | None = None  # None: the command's own default
         self.json: bool = False
         self.child: str | None = None
-        self._transport: BlockingTransport | None = None
+        self.db: str | None = None
+        self._opened: OpenedTarget | None = None
+
+    def open(self) -> OpenedTarget:
+        """Connect to the -H plug (address, host name, or inventory alias/MAC)."""
+        if self._opened is None:
+            from hs100local.hostport import DEFAULT_TIMEOUT
+            from hs100local.targets import open_target
+
+            target = self.host or os.environ.get(ENV_HOST)
+            if not target:
+                raise click.UsageError(
+                    f"no plug given: use -H HOST[:PORT]|ALIAS|MAC or set {ENV_HOST}"
+                )
+            self._opened = open_target(target, db=self.db,
+                                       timeout=self.timeout or DEFAULT_TIMEOUT)
+            if self.child is None and self._opened.child is not None:
+                self.child = self._opened.child
+        return self._opened
 
     def transport(self) -> BlockingTransport:
-        if self._transport is None:
-            from hs100local.blocking import BlockingTransport
-            from hs100local.hostport import parse_hostport
-
-            host = self.host or os.environ.get(ENV_HOST)
-            if not host:
-                raise click.UsageError(f"no plug given: use -H HOST[:PORT] or set {ENV_HOST}")
-            name, port = parse_hostport(host)
-            self._transport = BlockingTransport(name, port, timeout=self.timeout)
-        return self._transport
+        return self.open().transport
 
     def run(self, op: Op[T]) -> T:
         from hs100local.ops import run_sync
+        from hs100local.targets import SYSINFO_REQUEST
 
-        transport = self.transport()
-        return run_sync(op, transport.query)
+        opened = self.open()
+
+        def send(request: dict[str, Any]) -> dict[str, Any]:
+            # The address check already fetched get_sysinfo: reuse it once.
+            if opened.sysinfo_reply is not None and request == SYSINFO_REQUEST:
+                reply, opened.sysinfo_reply = opened.sysinfo_reply, None
+                return reply
+            opened.sysinfo_reply = None
+            return opened.transport.query(request)
+
+        return run_sync(op, send)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self._opened is not None:
+            self._opened.transport.close()
 
 
 def _store(name: str):
@@ -64,31 +84,49 @@ def _store(name: str):
     return callback
 
 
-_COMMON = (
+_TARGET = (
     click.option(
-        "-H", "--host", metavar="HOST[:PORT]", expose_value=False, callback=_store("host"),
-        help=f"Plug address, port 9999 by default (env {ENV_HOST}).",
-    ),
-    click.option(
-        "--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
-        callback=_store("timeout"), help="Connect and reply timeout (default 5).",
-    ),
-    click.option(
-        "--json", "json_", is_flag=True, default=False, expose_value=False,
-        callback=_store("json"), help="Print machine-readable JSON.",
+        "-H", "--host", metavar="HOST[:PORT]|ALIAS|MAC", expose_value=False,
+        callback=_store("host"),
+        help=f"Plug address (port 9999 by default), or an alias/MAC from the inventory "
+             f"(env {ENV_HOST}).",
     ),
     click.option(
         "-c", "--child", metavar="INDEX|ID|ALIAS", expose_value=False, callback=_store("child"),
         help="Power-strip outlet: 1-based index, child id or alias.",
     ),
 )
+_OUTPUT = (
+    click.option(
+        "--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
+        callback=_store("timeout"),
+        help="Connect and reply timeout (default 5; discover: listening window, default 3).",
+    ),
+    click.option(
+        "--json", "json_", is_flag=True, default=False, expose_value=False,
+        callback=_store("json"), help="Print machine-readable JSON.",
+    ),
+    click.option(
+        "--db", metavar="PATH", expose_value=False, callback=_store("db"),
+        help="Plug inventory database (env HS100LOCAL_DB; default in the user data dir).",
+    ),
+)
+
+
+def _apply(options: tuple[Any, ...], fn: Any) -> Any:
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 def common(fn):
     """Accept the global options after the command name too (``hs100local on -H x``)."""
-    for option in reversed(_COMMON):
-        fn = option(fn)
-    return fn
+    return _apply(_TARGET + _OUTPUT, fn)
+
+
+def output_options(fn):
+    """--timeout/--json/--db for commands that do not talk to one plug."""
+    return _apply(_OUTPUT, fn)
 
 
 def settings() -> Settings:
@@ -628,6 +666,218 @@ def raw(request: str) -> None:
         sys.exit(1)
 
 
+# -------------------------------------------------------------- discovery
+
+
+def _plug_rows(plugs: list[Any]) -> list[str]:
+    """A table: one row per device, outlets indented below their strip."""
+    header = ("HOST", "MAC", "MODEL", "ALIAS", "STATE", "FIRMWARE", "PROTOCOL")
+    rows: list[tuple[str, ...]] = []
+    for p in plugs:
+        firmware = p.sw_ver or (f"hw {p.hw_ver}" if p.hw_ver else "-")
+        proto = p.protocol if p.controllable else f"{p.protocol} (no local control)"
+        host = p.host if p.port in (9999, 20002, 20004) else f"{p.host}:{p.port}"
+        rows.append((host, p.mac, p.model or "-", one_line(p.alias) or "-", p.state or "-",
+                     one_line(firmware), proto))
+        for c in p.children:
+            rows.append(("", f"  outlet {c.index}", "", one_line(c.alias),
+                         "on" if c.is_on else "off", "", ""))
+    return _table(header, rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+            for r in [header, *rows]]
+
+
+def _open_inventory(create: bool) -> Any:
+    """The inventory named by --db/env/default; None if it does not exist and not ``create``."""
+    from hs100local.inventory import Inventory, default_db_path
+
+    path = settings().db or default_db_path()
+    if not create and not os.path.exists(path):
+        return None
+    return Inventory(path)
+
+
+@cli.command()
+@output_options
+@click.option("--target", "targets", multiple=True, metavar="HOST[:PORT]",
+              help="Also probe this address (unicast or broadcast); repeatable.")
+@click.option("-i", "--interface", "interfaces", multiple=True, metavar="IFACE",
+              help="Broadcast only on these interfaces (repeatable; default: all IPv4 ones).")
+@click.option("--no-broadcast", is_flag=True,
+              help="Probe only the --target addresses.")
+@click.option("--expect", type=click.IntRange(min=1), metavar="N",
+              help="Stop as soon as N devices answered (exit 3 if fewer did).")
+@click.option("--scan", "networks", multiple=True, metavar="CIDR",
+              help="TCP-sweep port 9999 of these networks instead of broadcasting; repeatable.")
+@click.option("--concurrency", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="Connections open at once during --scan.")
+@click.option("--no-save", is_flag=True, help="Do not record what was found in the inventory.")
+def discover(targets: tuple[str, ...], interfaces: tuple[str, ...], no_broadcast: bool,
+             expect: int | None, networks: tuple[str, ...], concurrency: int,
+             no_save: bool) -> None:
+    """Find plugs: broadcast on every interface (or sweep --scan CIDR); list and record them.
+
+    \b
+    Broadcast discovery probes UDP 9999 (legacy firmware) and UDP 20002/20004
+    (newer KLAP firmware, which closed port 9999 and cannot be controlled
+    locally). It listens for --timeout seconds (default 3), re-sending the probe
+    to ride out packet loss, and stops early with --expect N.
+
+    \b
+    Examples:
+      hs100local discover
+      hs100local discover -i eth1 --expect 4 --json
+      hs100local discover --scan 192.168.1.0/24
+    """
+    import asyncio
+
+    from hs100local import discovery
+    from hs100local.errors import PlugTimeoutError
+
+    s = settings()
+    timeout = s.timeout or discovery.DEFAULT_DISCOVERY_TIMEOUT
+    if networks:
+        if targets or interfaces or no_broadcast or expect:
+            raise click.UsageError(
+                "--scan sweeps by TCP; it does not combine with --target/--interface/"
+                "--no-broadcast/--expect"
+            )
+        bar = None
+        if not s.json and sys.stderr.isatty():
+            total = len(discovery.sweep_addresses(networks))
+            bar = click.progressbar(length=total, label="Sweeping", file=sys.stderr)
+        try:
+            if bar is not None:
+                bar.__enter__()
+            result = asyncio.run(discovery.scan(
+                networks, concurrency=concurrency, timeout=timeout,
+                progress=(lambda _d, _t: bar.update(1)) if bar is not None else None,
+            ))
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    else:
+        if no_broadcast and not targets:
+            raise click.UsageError("--no-broadcast needs at least one --target")
+        result = asyncio.run(discovery.discover(
+            targets=targets, interfaces=list(interfaces) or None,
+            broadcast=not no_broadcast, timeout=timeout, expect=expect,
+        ))
+
+    changes: dict[str, list[Any]] = {}
+    if not no_save and result.plugs:
+        with _open_inventory(create=True) as inventory:
+            for change in inventory.record(result.plugs):
+                changes.setdefault(change.mac, []).append(change)
+    for error in result.errors:
+        click.echo(f"hs100local: warning: {one_line(error)}", err=True)
+
+    if s.json:
+        emit([{**p.as_dict(), "changes": [c.as_dict() for c in changes.get(p.mac, [])]}
+              for p in result.plugs])
+    else:
+        lines = _plug_rows(result.plugs) if result.plugs else ["No plugs found."]
+        where = ", ".join(result.probed) or "nothing"
+        lines.append(f"{len(result.plugs)} found in {result.elapsed:.2f} s ({where})")
+        for p in result.plugs:
+            if p.note:
+                lines.append(f"note: {p.host} {p.model}: {p.note}")
+        news = 0
+        for plug_changes in changes.values():
+            for change in plug_changes:
+                if change.kind == "new":
+                    news += 1
+                else:
+                    lines.append(f"changed: {one_line(change.describe())}")
+        if news:
+            lines.append(f"{news} new in the inventory (hs100local plugs)")
+        emit(None, lines)
+    if expect is not None and len(result.plugs) < expect:
+        raise PlugTimeoutError(
+            f"expected {expect} devices, {len(result.plugs)} answered within {timeout:g} s"
+        )
+
+
+def _when(moment: Any) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+@cli.group(invoke_without_command=True)
+@output_options
+@click.pass_context
+def plugs(ctx: click.Context) -> None:
+    """List the plug inventory (what discover recorded); see also 'plugs changes'."""
+    if ctx.invoked_subcommand is not None:
+        return
+    inventory = _open_inventory(create=False)
+    records = [] if inventory is None else inventory.plugs()
+    if inventory is not None:
+        inventory.close()
+    header = ("ALIAS", "MAC", "HOST", "MODEL", "FIRMWARE", "PROTOCOL", "LAST SEEN")
+    rows = [
+        (one_line(r.alias) or "-", r.mac, r.host if r.port in (9999, 20002, 20004)
+         else f"{r.host}:{r.port}", r.model or "-",
+         one_line(r.sw_ver or (f"hw {r.hw_ver}" if r.hw_ver else "-")),
+         r.protocol if r.controllable else f"{r.protocol} (no local control)",
+         _when(r.last_seen))
+        for r in records
+    ]
+    emit([r.as_dict() for r in records],
+         _table(header, rows) if records else ["No plugs recorded yet: run 'hs100local discover'."])
+
+
+@plugs.command("changes")
+@output_options
+@click.option("--plug", "name", metavar="ALIAS|MAC", help="Only this plug.")
+@click.option("--kind", "kinds", multiple=True,
+              type=click.Choice(["new", "ip", "firmware", "protocol", "alias"]),
+              help="Only these kinds (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the last N.")
+def plugs_changes(name: str | None, kinds: tuple[str, ...], limit: int | None) -> None:
+    """Changes seen between discoveries: new plugs, address, firmware, protocol, alias."""
+    from hs100local.errors import TargetError
+
+    inventory = _open_inventory(create=False)
+    if inventory is None:
+        emit([], "No plugs recorded yet: run 'hs100local discover'.")
+        return
+    with inventory:
+        mac = None
+        if name is not None:
+            found = inventory.lookup(name)
+            if found is None:
+                raise TargetError(f"no plug {name!r} in the inventory")
+            mac = found.record.mac
+        changes = inventory.changes(mac=mac, kinds=kinds or None)
+    if limit is not None:
+        changes = changes[-limit:]
+    emit([c.as_dict() for c in changes],
+         [f"{_when(c.at)}  {one_line(c.describe())}" for c in changes] or ["No changes."])
+
+
+@plugs.command("forget")
+@output_options
+@click.argument("name", metavar="ALIAS|MAC")
+def plugs_forget(name: str) -> None:
+    """Remove a plug (and its history) from the inventory."""
+    from hs100local.errors import TargetError
+
+    inventory = _open_inventory(create=False)
+    found = None if inventory is None else inventory.lookup(name)
+    if inventory is None or found is None:
+        if inventory is not None:
+            inventory.close()
+        raise TargetError(f"no plug {name!r} in the inventory")
+    with inventory:
+        inventory.forget(found.record.mac)
+    emit({"forgotten": found.record.mac},
+         f"Forgot {one_line(found.record.alias) or found.record.model} ({found.record.mac})")
+
+
 # --------------------------------------------------------------- emulator
 
 
@@ -649,15 +899,24 @@ def _model_names() -> list[str]:
 @click.option("--tz-index", type=click.IntRange(0, 109), default=6, show_default=True,
               help="Initial time-zone index (6 = US Pacific, the factory default).")
 @click.option("--udp/--no-udp", default=True, show_default=True, help="Also answer on UDP.")
+@click.option("--protocol", type=click.Choice(["xor", "klap"]), default="xor",
+              show_default=True,
+              help="klap: a plug whose firmware closed port 9999; it only answers the "
+                   "discovery probe on UDP 20002/20004 (--port is ignored).")
+@click.option("--sw-ver", default=None, metavar="VERSION",
+              help="Firmware version to report (default: the model's).")
 @click.option("-v", "--verbose", count=True, help="Log requests (-v) and protocol errors.")
 def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None,
-            load_w: float, tz_index: int, udp: bool, verbose: int) -> None:
+            load_w: float, tz_index: int, udp: bool, protocol: str, sw_ver: str | None,
+            verbose: int) -> None:
     """Run an emulated plug (a test double and a demo without hardware)."""
     import asyncio
     import logging
 
     from hs100local.emulator import MODELS, EmulatedPlug
+    from hs100local.emulator.klap import KlapDevice, KlapServer
     from hs100local.emulator.server import EmulatorServer
+    from hs100local.results import normalize_mac
 
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
@@ -668,23 +927,40 @@ def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None
 
         digest = hashlib.sha1(f"{model}/{bind}/{port}".encode()).hexdigest().upper()
         mac = f"{MODELS[model].mac_prefix}:{digest[0:2]}:{digest[2:4]}:{digest[4:6]}"
+    elif normalize_mac(mac) is None:
+        raise click.BadParameter(f"{mac!r} is not a MAC address", param_hint="--mac")
+    spec = MODELS[model]
+    if sw_ver is not None:
+        from dataclasses import replace
+
+        spec = replace(spec, sw_ver=sw_ver)
+    server: EmulatorServer | KlapServer
     try:
-        plug = EmulatedPlug(MODELS[model], alias=alias, mac=mac, load_w=load_w,
-                            tz_index=tz_index)
+        if protocol == "klap":
+            device = KlapDevice(spec, normalize_mac(mac) or mac)
+            server = KlapServer(device, bind)
+            what = f"{device.spec.model} hw {device.hw_ver} KLAP firmware ({device.mac})"
+        else:
+            plug = EmulatedPlug(spec, alias=alias, mac=mac, load_w=load_w,
+                                tz_index=tz_index)
+            server = EmulatorServer(plug, bind, port, udp=udp)
+            what = f"{plug.spec.model} hw {plug.spec.hw_ver} {plug.alias!r} ({plug.mac})"
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
     async def serve() -> None:
-        server = EmulatorServer(plug, bind, port, udp=udp)
         try:
             await server.start()
         except OSError as exc:
+            where = f"{bind}:{port}" if protocol == "xor" else f"udp {bind}:20002/20004"
             raise click.ClickException(
-                f"cannot listen on {bind}:{port}: {exc.strerror or exc}"
+                f"cannot listen on {where}: {exc.strerror or exc}"
             ) from None
-        click.echo(f"Emulating {plug.spec.model} hw {plug.spec.hw_ver} {plug.alias!r} "
-                   f"({plug.mac}) on {bind}:{server.port} ({'tcp+udp' if udp else 'tcp'}); "
-                   "Ctrl-C stops", nl=True)
+        if isinstance(server, KlapServer):
+            on = f"{bind}:{'/'.join(map(str, server.ports))} (udp, TDP only)"
+        else:
+            on = f"{bind}:{server.port} ({'tcp+udp' if udp else 'tcp'})"
+        click.echo(f"Emulating {what} on {on}; Ctrl-C stops", nl=True)
         sys.stdout.flush()
         try:
             await asyncio.Event().wait()

@@ -17,6 +17,9 @@ class Hs100Error(Exception):
 
     exit_code = 3
     retryable = False
+    #: the socket errno behind it, when there was one (a sweep tells "refused" = a
+    #: host is there with the port closed, from "no route" = nobody)
+    os_errno: int | None = None
 
 
 class UnreachableError(Hs100Error):
@@ -78,6 +81,12 @@ _UNREACHABLE_ERRNOS = frozenset(
 
 def classify_os_error(exc: OSError, where: str) -> Hs100Error:
     """Map an ``OSError`` from a socket call to the matching hs100local error."""
+    error = _classify(exc, where)
+    error.os_errno = exc.errno
+    return error
+
+
+def _classify(exc: OSError, where: str) -> Hs100Error:
     if isinstance(exc, TimeoutError):
         return PlugTimeoutError(f"timed out {where}")
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):

@@ -26,9 +26,9 @@ def _parser(build: Callable[..., R]) -> Callable[..., R]:
     """
 
     @wraps(build)
-    def parse(*args: Any) -> R:
+    def parse(*args: Any, **kwargs: Any) -> R:
         try:
-            return build(*args)
+            return build(*args, **kwargs)
         except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as exc:
             raise ProtocolError(f"malformed reply ({build.__qualname__}): {exc}") from None
 
@@ -382,6 +382,33 @@ class DiscoveredPlug:
             hw_ver=info.hw_ver, sw_ver=info.sw_ver, device_id=info.device_id, state=state,
             protocol=PROTOCOL_XOR, controllable=True, children=info.children,
             interface=interface, via=via, raw=info.raw,
+        )
+
+    @classmethod
+    @_parser
+    def from_tdp(
+        cls, host: str, port: int, result: dict[str, Any], *, interface: str | None = None,
+        via: str = "udp",
+    ) -> DiscoveredPlug:
+        """A device that answered the TDP v2 probe on 20002/20004 (KLAP or AES firmware)."""
+        mac = normalize_mac(result.get("mac"))
+        if mac is None:
+            raise ProtocolError(f"TDP answer from {host} has no valid MAC")
+        scheme = result.get("mgt_encrypt_schm") or {}
+        if not isinstance(scheme, dict):
+            raise ValueError("mgt_encrypt_schm is not an object")
+        encrypt = str(scheme.get("encrypt_type") or "").lower()
+        protocol = encrypt or PROTOCOL_KLAP
+        note = KLAP_NOTE if protocol == PROTOCOL_KLAP else (
+            f"firmware speaks {protocol.upper()} only (port 9999 closed): no local control"
+        )
+        return cls(
+            host=host, port=port, mac=mac, alias="",
+            model=str(result.get("device_model", "")),
+            hw_ver=str(result.get("hw_ver") or result.get("hardware_version") or ""),
+            sw_ver=str(result.get("firmware_version") or ""),
+            device_id=str(result.get("device_id", "")), state=None, protocol=protocol,
+            controllable=False, interface=interface, via=via, note=note, raw=result,
         )
 
     def as_dict(self) -> dict[str, Any]:

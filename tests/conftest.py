@@ -10,6 +10,18 @@ from hs100local.emulator import MODELS, EmulatedPlug
 from hs100local.emulator.server import EmulatorThread
 
 
+@pytest.fixture(autouse=True)
+def _contained(tmp_path, monkeypatch) -> None:
+    """No test writes the user's real inventory or broadcasts beyond loopback.
+
+    Discovery (and the re-discovery behind ``-H ALIAS``) only probes the interfaces
+    in HS100LOCAL_INTERFACES; multi-host tests run in network namespaces and set
+    their own environment.
+    """
+    monkeypatch.setenv("HS100LOCAL_DB", str(tmp_path / "inventory.db"))
+    monkeypatch.setenv("HS100LOCAL_INTERFACES", "lo")
+
+
 @pytest.fixture
 def start_emulator() -> Iterator[Callable[..., EmulatorThread]]:
     """Factory: ``start_emulator("hs300", alias=...)`` -> a running EmulatorThread."""

@@ -231,8 +231,10 @@ class EmulatorThread:
     For synchronous callers: tests, the benchmarks and ``hs100local demo``.
     """
 
-    def __init__(self, plug: EmulatedPlug, host: str = "127.0.0.1", port: int = 0, **kw: Any):
-        self.server = EmulatorServer(plug, host, port, **kw)
+    def __init__(self, plug: EmulatedPlug | Any, host: str = "127.0.0.1", port: int = 0,
+                 **kw: Any):
+        # A ready server (e.g. a KlapServer) may be passed in place of a plug.
+        self.server = plug if hasattr(plug, "start") else EmulatorServer(plug, host, port, **kw)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
