@@ -31,9 +31,21 @@ class Settings:
         self.host: str | None = None
         self.timeout: float | None = None  # None: the command's own default
         self.json: bool = False
-        self.child: str | None = None
         self.db: str | None = None
+        self._child: str | None = None
         self._opened: OpenedTarget | None = None
+
+    @property
+    def child(self) -> str | None:
+        """-c, or the outlet that -H named (an outlet alias): that needs -H resolved."""
+        if self._child is None and self._opened is None:
+            self.open()
+        return self._child if self._child is not None else (
+            self._opened.child if self._opened is not None else None)
+
+    @child.setter
+    def child(self, value: str | None) -> None:
+        self._child = value
 
     def open(self) -> OpenedTarget:
         """Connect to the -H plug (address, host name, or inventory alias/MAC)."""
@@ -48,8 +60,6 @@ class Settings:
                 )
             self._opened = open_target(target, db=self.db,
                                        timeout=self.timeout or DEFAULT_TIMEOUT)
-            if self.child is None and self._opened.child is not None:
-                self.child = self._opened.child
         return self._opened
 
     def transport(self) -> BlockingTransport:
