@@ -9,6 +9,8 @@ nothing there). Needs root; skipped otherwise, failed in CI.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
 
 import netlab
@@ -100,7 +102,30 @@ def test_tcp_sweep_finds_plugs_and_klap(plab):
 
 
 def test_sweep_progress_bar_only_on_a_terminal(plab):
-    # Piped (as here): no progress bar on stderr, table on stdout.
+    # Piped: no progress bar on stderr, table on stdout.
     done = plab.hs100local("discover", "--scan", "198.18.1.0/28", "--no-save")
     assert "Sweeping" not in done.stderr
     assert "198.18.1.11" in done.stdout
+    # On a terminal (script(1) gives the command a pty): a progress bar, then the table.
+    command = f"{sys.executable} -m hs100local discover --scan 198.18.1.0/28 --no-save"
+    shown = plab.router.run(["script", "-qec", command, "/dev/null"], env=plab.env())
+    assert "Sweeping" in shown.stdout and "100%" in shown.stdout
+    assert shown.stdout.index("100%") < shown.stdout.index("198.18.1.11")
+    # --json on a terminal: still no bar, so the output stays parseable
+    quiet = plab.router.run(["script", "-qec", command + " --json", "/dev/null"],
+                            env=plab.env())
+    assert "Sweeping" not in quiet.stdout
+
+
+def test_python_kasa_sees_the_same_devices(plab):
+    """A peer no one here wrote: kasa's discovery recognises our emulators (XOR) and
+    the KLAP double as KLAP, from the same router namespace."""
+    kasa = shutil.which("kasa")
+    assert kasa, "python-kasa (test extra) provides the kasa command"
+    out = plab.router.run([kasa, "--target", "198.18.0.255", "--discovery-timeout", "2",
+                           "discover", "list"], timeout=60, env=plab.env()).stdout
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:] if ln.strip()}
+    for ip, plug in plab.expected("lan0").items():
+        assert ip in rows, out
+        assert rows[ip][3] == ("KLAP" if plug.protocol == "klap" else "XOR")
+        assert rows[ip][1] == MODELS[plug.model].model.split("(")[0]
