@@ -639,3 +639,23 @@ class Inventory:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def record_async(
+    found: Iterable[DiscoveredPlug], path: str | os.PathLike[str] | None = None,
+    *, now: datetime | None = None,
+) -> list[Change]:
+    """:meth:`Inventory.record` for asyncio code (``serve``'s periodic discovery).
+
+    SQLite calls block, and a busy database may wait up to its timeout, so the
+    work runs in a worker thread that opens (and closes) its own connection.
+    """
+    import asyncio
+
+    plugs = list(found)
+
+    def work() -> list[Change]:
+        with Inventory(path) as inventory:
+            return inventory.record(plugs, now=now)
+
+    return await asyncio.to_thread(work)

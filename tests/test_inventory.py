@@ -496,3 +496,21 @@ def test_concurrent_writers_never_lose_or_double_report(tmp_path: Path) -> None:
     # every overlapping MAC was seen by both (new from one, ip change from the other)
     ip_macs = sorted(c["mac"] for c in reported if c["kind"] == "ip")
     assert ip_macs == sorted(f"02:00:00:00:{n // 256:02X}:{n % 256:02X}" for n in overlap)
+
+
+def test_record_async_runs_off_the_event_loop(tmp_path):
+    import asyncio
+
+    from hs100local.inventory import record_async
+
+    db = tmp_path / "inv.db"
+
+    async def main():
+        first = await record_async([xor_plug()], db)
+        again = await record_async([xor_plug(host="198.18.0.12")], db)
+        return first, again
+
+    first, again = asyncio.run(main())
+    assert [c.kind for c in first] == ["new"] and [c.kind for c in again] == ["ip"]
+    with Inventory(db) as inventory:
+        assert inventory.get(MAC).host == "198.18.0.12"
