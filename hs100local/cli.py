@@ -888,6 +888,220 @@ def plugs_forget(name: str) -> None:
          f"Forgot {one_line(found.record.alias) or found.record.model} ({found.record.mac})")
 
 
+# -------------------------------------------------------------------- DNS
+
+
+def _addr_port(text: str, default_port: int, what: str) -> tuple[str, int]:
+    import ipaddress
+
+    from hs100local.errors import TargetError
+    from hs100local.hostport import parse_hostport
+
+    try:
+        if what == "--listen" and text.endswith(":0"):
+            host, port = text[:-2], 0  # a free port, printed at start (tests, demos)
+        else:
+            host, port = parse_hostport(text, default_port)
+        ipaddress.IPv4Address(host)
+    except (TargetError, ValueError):
+        raise click.BadParameter(f"{text!r} is not IPv4ADDR[:PORT]", param_hint=what) from None
+    return host, port
+
+
+def _sinkhole(rules: tuple[str, ...], no_defaults: bool, ttl: int) -> Any:
+    from hs100local.dns.rules import Sinkhole, default_rules, parse_rule
+    from hs100local.errors import TargetError
+
+    try:
+        extra = [parse_rule(r) for r in rules]
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sinkhole") from None
+    return Sinkhole(([] if no_defaults else default_rules()) + extra, ttl=ttl)
+
+
+_sinkhole_options = (
+    click.option("--sinkhole", "rules", multiple=True, metavar="NAME[=MODE[:ADDR]]",
+                 help="Add a rule (repeatable). MODE: redirect (default), ntp, null, nodata, "
+                      "nxdomain; ADDR: the A answer for redirect/ntp (default: our address)."),
+    click.option("--no-default-rules", is_flag=True,
+                 help="Start from an empty list instead of the cloud and NTP names."),
+    click.option("--ttl", type=click.IntRange(0, 86400), default=60, show_default=True,
+                 help="TTL of sinkhole answers."),
+)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--listen", "listen", multiple=True, metavar="ADDR:PORT",
+              help="Where to answer, UDP and TCP (repeatable; default 127.0.0.1:5353).")
+@click.option("--upstream", "upstreams", multiple=True, metavar="ADDR[:PORT]",
+              help="Forward other names here (repeatable; default: /etc/resolv.conf).")
+@_sinkhole_options[0]
+@_sinkhole_options[1]
+@_sinkhole_options[2]
+@click.option("--allow", "allow", multiple=True, metavar="CIDR",
+              help="Clients to answer (repeatable; default: loopback and the networks of the "
+                   "listen addresses). Others get REFUSED.")
+@click.option("--rate-limit", type=click.FloatRange(min=0), default=200.0, show_default=True,
+              help="Queries per second per client (bursts of twice that); 0 = no limit.")
+@click.option("--db", metavar="PATH", default=None,
+              help="Event database (default: the inventory's, env HS100LOCAL_DB).")
+@click.option("--no-events", is_flag=True, help="Do not record sinkholed queries.")
+@click.option("-v", "--verbose", count=True, help="Log (-v) and debug (-vv).")
+@click.pass_context
+def dns(ctx: click.Context, listen: tuple[str, ...], upstreams: tuple[str, ...],
+        rules: tuple[str, ...], no_default_rules: bool, ttl: int, allow: tuple[str, ...],
+        rate_limit: float, db: str | None, no_events: bool, verbose: int) -> None:
+    """Run the DNS responder: sinkhole the cloud names, forward the rest.
+
+    \b
+    Examples:
+      hs100local dns --listen 192.168.1.2:53 --upstream 192.168.1.1
+      hs100local dns --sinkhole example.com=nxdomain
+      hs100local dns check n-devs.tplinkcloud.com
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import asyncio
+    import ipaddress
+    import logging
+    import signal
+
+    from hs100local.dns.forward import Forwarder, system_upstreams, without_self
+    from hs100local.dns.server import DnsServer, RateLimiter
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    where = [_addr_port(x, 53, "--listen") for x in listen] or [("127.0.0.1", 5353)]
+    ups = [_addr_port(x, 53, "--upstream") for x in upstreams] or system_upstreams()
+    ups = without_self(ups, where)
+    if not ups:
+        raise click.UsageError("no upstream DNS server: give --upstream ADDR[:PORT]")
+    try:
+        nets = [ipaddress.IPv4Network(a, strict=False) for a in allow] or None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    sinkhole = _sinkhole(rules, no_default_rules, ttl)
+
+    async def serve() -> None:
+        events = None
+        if not no_events:
+            from hs100local.events import EventStore
+
+            events = EventStore(db)
+        server = DnsServer(sinkhole, Forwarder(ups), where, allow=nets, events=events,
+                           limiter=RateLimiter(rate_limit, 2 * rate_limit))
+        try:
+            await server.start()
+        except OSError as exc:
+            if events is not None:
+                events.close()
+            raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
+        click.echo(f"DNS on {', '.join(f'{h}:{p}' for h, p in server.bound)} (udp+tcp); "
+                   f"sinkholing {len(sinkhole.rules)} names; forwarding to "
+                   f"{', '.join(f'{h}:{p}' for h, p in ups)}; answering "
+                   f"{', '.join(map(str, server.allow))}; Ctrl-C stops")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)  # stop cleanly: flush the events
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
+            if events is not None:
+                events.close()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except click.ClickException as exc:
+        exc.exit_code = 3
+        raise
+
+
+@dns.command("check")
+@click.argument("name")
+@click.option("--type", "qtype", default="A", show_default=True, metavar="TYPE",
+              help="Query type (A, AAAA, TXT, HTTPS, MX, ANY, …).")
+@click.option("--server", metavar="ADDR:PORT", default=None,
+              help="Ask this DNS server instead of evaluating the rules here.")
+@_sinkhole_options[0]
+@_sinkhole_options[1]
+@_sinkhole_options[2]
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def dns_check(name: str, qtype: str, server: str | None, rules: tuple[str, ...],
+              no_default_rules: bool, ttl: int, timeout: float, as_json: bool) -> None:
+    """Show what NAME gets: the matching sinkhole rule, or a real server's answer."""
+    import json
+
+    from dnslib import QTYPE, RCODE, DNSRecord
+
+    from hs100local.dns.answers import answers_a, rule_address
+    from hs100local.dns.rules import normalize_name
+    from hs100local.errors import PlugTimeoutError, ProtocolError, TargetError
+
+    qtype = qtype.upper()
+    if qtype not in QTYPE.reverse:
+        raise click.BadParameter(f"unknown type {qtype!r}", param_hint="--type")
+    try:
+        fqdn = normalize_name(name)
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if server is None:
+        rule = _sinkhole(rules, no_default_rules, ttl).match(fqdn)
+        if rule is None:
+            data: dict[str, Any] = {"name": fqdn, "type": qtype, "action": "forward"}
+            human = f"{fqdn} {qtype}: not sinkholed, forwarded upstream"
+        else:
+            if rule.mode == "nxdomain":
+                result = "NXDOMAIN"
+            elif answers_a(rule, QTYPE.reverse[qtype], 1):
+                result = "A " + (rule_address(rule, None) if rule.address or rule.mode == "null"
+                                 else "<this server's address>")
+            else:
+                result = "NOERROR, no answer (SOA)"
+            data = {"name": fqdn, "type": qtype, "action": rule.mode, "rule": rule.suffix,
+                    "answer": result}
+            human = f"{fqdn} {qtype}: sinkholed by {rule.suffix} ({rule.mode}): {result}"
+        click.echo(json.dumps(data) if as_json else human)
+        return
+    import socket
+
+    host, port = _addr_port(server, 53, "--server")
+    request = DNSRecord.question(fqdn, qtype)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    try:
+        sock.sendto(request.pack(), (host, port))
+        while True:
+            payload, addr = sock.recvfrom(65535)
+            reply = DNSRecord.parse(payload)
+            if addr[0] == host and reply.header.id == request.header.id:
+                break
+    except TimeoutError:
+        raise PlugTimeoutError(f"no DNS answer from {host}:{port} within {timeout:g} s") from None
+    except OSError as exc:
+        raise ProtocolError(f"DNS query to {host}:{port} failed: {exc}") from None
+    except Exception as exc:  # dnslib parse errors
+        raise ProtocolError(f"bad DNS answer from {host}:{port}: {exc}") from None
+    finally:
+        sock.close()
+    records = [{"name": str(rr.rname), "type": QTYPE.get(rr.rtype), "ttl": rr.ttl,
+                "data": str(rr.rdata)} for rr in reply.rr + reply.auth]
+    rcode = RCODE.get(reply.header.rcode)
+    if as_json:
+        click.echo(json.dumps({"name": fqdn, "type": qtype, "rcode": rcode, "records": records}))
+        return
+    click.echo(f"{fqdn} {qtype}: {rcode}")
+    for r in records:
+        click.echo(f"  {r['name']} {r['ttl']} {r['type']} {r['data']}")
+
+
 # --------------------------------------------------------------- emulator
 
 

@@ -1,0 +1,535 @@
+"""Event store: what the isolation services (DNS now, NTP and cloud listener later) saw.
+
+The services share one asyncio process, and a SQLite write can wait seconds on a
+lock another process holds (a discovery updating the inventory), so nothing here
+touches SQLite on the caller's path: :meth:`EventStore.record` and
+:meth:`EventStore.count` only append to memory, and one writer thread with its own
+connection commits a batch per transaction. A forwarded-query counter per client
+per minute is summed in memory first, so a busy network costs one UPSERT per
+minute and client instead of one row per query.
+
+The tables live in the inventory's file (one file to back up or delete) but are
+not part of its versioned schema: they are created with ``IF NOT EXISTS`` and
+``PRAGMA user_version`` is left alone, because the inventory owns it and would
+otherwise skip its own migrations.
+
+Durability: an event is committed within about ``flush_interval`` of
+:meth:`EventStore.record`, so a crash of the process loses at most that much. With
+WAL and ``synchronous=NORMAL`` a committed event survives the process being
+killed; a power cut may lose the last commits, never corrupt the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
+
+from hs100local.errors import StoreError, TargetError
+from hs100local.inventory import _enable_wal, _from_ts, _iso, _make_dirs, default_db_path
+
+T = TypeVar("T")
+
+log = logging.getLogger("hs100local.events")
+
+#: seconds between the writer's prunes (module level so a test can shorten it)
+PRUNE_INTERVAL = 3600.0
+#: most events per transaction: keeps the write lock short for other processes
+BATCH_MAX = 5000
+#: kind of the synthetic event that reports events dropped on overflow
+STORE_KIND = "store"
+
+_SCHEMA = (
+    # AUTOINCREMENT: when a prune empties the table, ids are not reused, so a reader
+    # that remembers "last id seen" cannot mistake a new event for one it had.
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        client TEXT,
+        details TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_at ON events (at)",
+    "CREATE INDEX IF NOT EXISTS events_kind_at ON events (kind, at)",
+    # client is '' rather than NULL for "no client": NULLs are all distinct in a
+    # primary key, so the UPSERT would never find the row to add to.
+    """CREATE TABLE IF NOT EXISTS event_counts (
+        minute REAL NOT NULL,
+        kind TEXT NOT NULL,
+        client TEXT NOT NULL,
+        key TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (minute, kind, client, key)
+    )""",
+)
+
+_INSERT_EVENT = "INSERT INTO events (at, kind, client, details) VALUES (?, ?, ?, ?)"
+_UPSERT_COUNT = (
+    "INSERT INTO event_counts (minute, kind, client, key, n) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (minute, kind, client, key) DO UPDATE SET n = n + excluded.n"
+)
+
+_CountKey = tuple[float, str, str, str]  # (minute, kind, client or '', key)
+
+
+class _Pending(NamedTuple):
+    seq: int  # order of arrival: the writer removes what it committed by seq
+    at: float
+    kind: str
+    client: str | None
+    details: str  # JSON
+
+
+@dataclass(frozen=True)
+class Event:
+    """One recorded event; ``at`` is a Unix timestamp (UTC)."""
+
+    id: int
+    at: float
+    kind: str
+    client: str | None
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": _iso(_from_ts(self.at)),
+            "kind": self.kind,
+            "client": self.client,
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class Count:
+    """How many times ``key`` happened for ``client`` in the minute starting at ``minute``."""
+
+    minute: float
+    kind: str
+    client: str | None
+    key: str
+    n: int
+
+
+def _details_json(details: dict[str, Any]) -> str:
+    """Serialize now, on the caller's side: a dict mutated after :meth:`EventStore.record`
+    cannot change what is stored, and a value JSON cannot take becomes text here instead
+    of failing the writer's whole batch over and over."""
+    try:
+        return json.dumps(details, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):  # non-string keys, circular references
+        return json.dumps({"unserializable": repr(details)}, ensure_ascii=False)
+
+
+def _minute(at: float) -> float:
+    return float(int(at // 60) * 60)
+
+
+class EventStore:
+    """Events and per-minute counters in SQLite, written by one background thread.
+
+    ``record``/``count`` never block, and raise only on programming errors (use after
+    :meth:`close`, an ``at`` that is not a number). If more than ``max_queue`` events
+    are waiting (the database stayed locked or failing), the oldest waiting events are
+    dropped, counted in :attr:`dropped` and reported by a ``"store"`` event; counters
+    are never dropped since they are already aggregated. Reads and :meth:`prune` use their own
+    short-lived connection and may run from any thread while the writer works.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        flush_interval: float = 0.5,
+        max_queue: int = 100_000,
+        retention_days: float = 30.0,
+        timeout: float = 5.0,
+    ) -> None:
+        if flush_interval <= 0 or max_queue < 1 or retention_days <= 0 or timeout < 0:
+            raise ValueError(
+                "flush_interval and retention_days must be positive, max_queue at least 1, "
+                "timeout not negative"
+            )
+        self.path = Path(path) if path is not None else default_db_path()
+        self.flush_interval = flush_interval
+        self.max_queue = max_queue
+        self.retention_days = retention_days
+        self.timeout = timeout  # busy timeout of every connection
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # the writer finished a round
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        # All below are guarded by _lock.
+        self._pending: deque[_Pending] = deque()
+        self._seq = 0
+        self._inflight: tuple[int, int] | None = None  # seq range the writer is committing
+        self._tentative = 0  # drops of in-flight events: lost only if that commit fails
+        self._dropped = 0
+        self._reported = 0  # drops already written as a "store" event
+        self._counts: dict[_CountKey, int] = {}
+        self._counts_seq = 0  # seq of the last count()
+        self._counts_done = 0  # every count() up to this seq is committed
+
+        conn = self._connect(check_same_thread=False)  # handed over to the writer below
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open event store {self.path}: {exc}") from None
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="hs100local-events", daemon=True
+        )
+        self._thread.start()
+
+    # -- plumbing
+
+    def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+        """A connection with WAL (readers never block the writer) and NORMAL sync."""
+        try:
+            _make_dirs(self.path.parent)
+            # isolation_level=None: we issue BEGIN ourselves, so that it is IMMEDIATE.
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None,
+                check_same_thread=check_same_thread,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open event store {self.path}: {exc}") from None
+        try:
+            conn.row_factory = sqlite3.Row
+            _enable_wal(conn, self.timeout)
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open event store {self.path}: {exc}") from None
+        return conn
+
+    def _use(self, action: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on a short-lived connection: sqlite3 connections must not be
+        shared between threads, and callers may read from any thread."""
+        conn = self._connect()
+        try:
+            return work(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"event store {self.path}: cannot {action}: {exc}") from None
+        finally:
+            conn.close()
+
+    # -- hot path
+
+    def record(
+        self, kind: str, client: str | None, details: dict[str, Any], *, at: float | None = None
+    ) -> None:
+        """Queue one event; returns at once, the writer commits it within ~flush_interval."""
+        item_at = time.time() if at is None else float(at)
+        text = _details_json(details)
+        kind = str(kind)
+        client = None if client is None else str(client)
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"event store {self.path} is closed")
+            self._seq += 1
+            self._pending.append(_Pending(self._seq, item_at, kind, client, text))
+            wake = len(self._pending) == 1  # else the writer is busy with the queue anyway
+            if len(self._pending) > self.max_queue:
+                lost = self._pending.popleft()
+                if self._inflight is not None and lost.seq <= self._inflight[1]:
+                    self._tentative += 1
+                else:
+                    self._dropped += 1
+        if wake:
+            self._wake.set()
+
+    def count(
+        self, kind: str, key: str, n: int = 1, *, client: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Add ``n`` to the counter (minute of ``at``, kind, client, key); non-blocking."""
+        bucket = (_minute(time.time() if at is None else float(at)), str(kind),
+                  "" if client is None else str(client), str(key))
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"event store {self.path} is closed")
+            wake = not self._counts
+            self._counts[bucket] = self._counts.get(bucket, 0) + int(n)
+            self._seq += 1
+            self._counts_seq = self._seq
+        if wake:
+            self._wake.set()
+
+    @property
+    def dropped(self) -> int:
+        """Events lost to overflow since the store was opened."""
+        return self._dropped
+
+    # -- flushing
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Block until everything recorded or counted so far is committed (or dropped).
+
+        Raises :class:`StoreError` if that did not happen within ``timeout`` (the
+        database stayed locked or failing); nothing is lost by that, the writer keeps
+        retrying.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"event store {self.path} is closed")
+        self._flush(timeout)
+
+    def _flush(self, timeout: float) -> None:
+        with self._lock:
+            target, counts_target, drops_target = self._seq, self._counts_seq, self._dropped
+
+            def done() -> bool:
+                if self._counts_done < counts_target or self._reported < drops_target:
+                    return False
+                if self._inflight is not None and self._inflight[0] <= target:
+                    return False
+                return not self._pending or self._pending[0].seq > target
+
+            self._wake.set()  # also cuts short the wait after a failed round
+            if not self._changed.wait_for(done, timeout):
+                waiting = sum(1 for item in self._pending if item.seq <= target)
+                raise StoreError(
+                    f"event store {self.path}: {waiting} events and the counters not "
+                    f"written within {timeout:g} s"
+                )
+
+    async def aflush(self) -> None:
+        """:meth:`flush` for asyncio code, in a worker thread so the loop keeps running."""
+        await asyncio.to_thread(self.flush)
+
+    # -- writer thread
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        next_prune = time.monotonic()  # prune at start: a service restarted often still prunes
+        failing = False
+        try:
+            while True:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+                failing = self._drain(conn, failing)
+                if not failing and time.monotonic() >= next_prune:
+                    try:
+                        self._prune(conn, time.time())
+                        next_prune = time.monotonic() + PRUNE_INTERVAL
+                    except sqlite3.Error as exc:
+                        log.warning("cannot prune events in %s: %s", self.path, exc)
+                        next_prune = time.monotonic() + 60.0
+                if self._stop.is_set():
+                    return
+        finally:
+            conn.close()
+
+    def _drain(self, conn: sqlite3.Connection, failing: bool) -> bool:
+        """Commit rounds until nothing is left; returns whether the last round failed.
+
+        A failure keeps the events queued (bounded by max_queue) and the counters in
+        memory, to be retried on the next wake-up rather than in a tight loop.
+        """
+        while True:
+            try:
+                more = self._round(conn)
+            except Exception as exc:  # a writer that dies would silently lose everything
+                with self._lock:
+                    waiting = len(self._pending)
+                if not isinstance(exc, sqlite3.Error):
+                    log.exception("event writer error; keeping %d events", waiting)
+                elif not failing:
+                    log.warning("cannot write events to %s (%s); keeping %d, will retry",
+                                self.path, exc, waiting)
+                else:
+                    log.debug("still cannot write events to %s: %s", self.path, exc)
+                return True
+            if failing:
+                log.info("writing events to %s again", self.path)
+                failing = False
+            if not more:
+                return False
+
+    def _round(self, conn: sqlite3.Connection) -> bool:
+        """One transaction of queued events, counters and drop report; True if more wait."""
+        with self._lock:
+            batch = list(islice(self._pending, BATCH_MAX))
+            counts, self._counts = self._counts, {}
+            counts_seq = self._counts_seq
+            drops = self._dropped - self._reported
+            self._inflight = (batch[0].seq, batch[-1].seq) if batch else None
+        if not batch and not counts and not drops:
+            return False
+        try:
+            self._write(conn, batch, counts, drops)
+        except BaseException:
+            with self._lock:
+                self._dropped += self._tentative
+                self._tentative = 0
+                self._inflight = None
+                for bucket, n in counts.items():  # newer counts went into the fresh dict
+                    self._counts[bucket] = self._counts.get(bucket, 0) + n
+                self._changed.notify_all()
+            raise
+        with self._lock:
+            last = batch[-1].seq if batch else 0
+            while self._pending and self._pending[0].seq <= last:
+                self._pending.popleft()
+            self._tentative = 0  # dropped from the queue but committed: not lost
+            self._inflight = None
+            self._counts_done = counts_seq
+            self._reported += drops
+            self._changed.notify_all()
+            return bool(self._pending)
+
+    @staticmethod
+    def _write(
+        conn: sqlite3.Connection, batch: list[_Pending], counts: dict[_CountKey, int],
+        drops: int,
+    ) -> None:
+        if conn.in_transaction:  # a failed ROLLBACK must not wedge every later BEGIN
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT_EVENT, [item[1:] for item in batch])
+            conn.executemany(_UPSERT_COUNT, [(*bucket, n) for bucket, n in counts.items()])
+            if drops:
+                conn.execute(_INSERT_EVENT, (time.time(), STORE_KIND, None,
+                                             json.dumps({"dropped": drops})))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):  # the original error is the one to report
+                    conn.execute("ROLLBACK")
+            raise
+
+    # -- reading and pruning
+
+    def events(
+        self, *, since: float | None = None, kind: str | None = None,
+        client: str | None = None, limit: int | None = None,
+    ) -> list[Event]:
+        """Committed events, oldest first; ``limit`` keeps the *newest* ``limit`` (what
+        "the last 20 events" means), still returned oldest first."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("at >= ?", since), ("kind = ?", kind), ("client = ?", client)):
+            if value is not None:
+                where.append(column)
+                args.append(value)
+        if limit is not None and limit < 0:
+            raise TargetError(f"limit must not be negative ({limit})")
+        query = "SELECT * FROM events"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        if limit is not None:
+            query = f"SELECT * FROM ({query} ORDER BY at DESC, id DESC LIMIT ?)"
+            args.append(limit)
+        query += " ORDER BY at, id"
+
+        def fetch(conn: sqlite3.Connection) -> list[Event]:
+            return [_event_from_row(row, self.path) for row in conn.execute(query, args)]
+
+        return self._use("read events", fetch)
+
+    def counts(self, *, since: float | None = None, kind: str | None = None) -> list[Count]:
+        """Committed counters by minute, kind, client, key; ``since`` includes the minute
+        it falls in (a bucket is not split)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            where.append("minute >= ?")
+            args.append(_minute(since))
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        query = "SELECT * FROM event_counts"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY minute, kind, client, key"
+
+        def fetch(conn: sqlite3.Connection) -> list[Count]:
+            return [
+                Count(row["minute"], row["kind"], row["client"] or None, row["key"], row["n"])
+                for row in conn.execute(query, args)
+            ]
+
+        return self._use("read counts", fetch)
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete events and counters older than ``retention_days``; returns rows deleted."""
+        moment = time.time() if now is None else now
+        return self._use("prune", lambda conn: self._prune(conn, moment))
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> int:
+        cutoff = now - self.retention_days * 86400.0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = conn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+            deleted += conn.execute(
+                "DELETE FROM event_counts WHERE minute < ?", (cutoff,)
+            ).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return deleted
+
+    # -- lifetime
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer; harmless to call twice.
+
+        Never raises: it runs in ``finally`` blocks during shutdown, where an error
+        would hide the one that stopped the service. Events that cannot be written
+        within the flush timeout are logged as lost.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._flush(5.0)
+        except StoreError as exc:
+            log.error("%s; they are lost", exc)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(self.timeout + 5.0)
+        if self._thread.is_alive():
+            log.error("event writer for %s did not stop", self.path)
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _event_from_row(row: sqlite3.Row, path: Path) -> Event:
+    try:
+        details = json.loads(row["details"])
+    except ValueError as exc:
+        raise StoreError(
+            f"event store {path}: corrupt details of event {row['id']}: {exc}"
+        ) from None
+    return Event(int(row["id"]), row["at"], row["kind"], row["client"], details)

@@ -1,0 +1,381 @@
+"""The event store: batching writer thread, counters, overflow, durability, shared file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from hs100local import events as events_module
+from hs100local.errors import StoreError
+from hs100local.events import Event, EventStore
+from hs100local.inventory import SCHEMA_VERSION, Inventory, default_db_path
+from hs100local.results import PROTOCOL_XOR, DiscoveredPlug
+
+REPO = Path(__file__).resolve().parents[1]
+DAY = 86400.0
+LOCK_SECONDS = 1.0
+
+
+@contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Another connection holding the write lock, as a busy discovery would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def writer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "hs100local-events"}
+
+
+def test_record_flush_and_read_back_in_order(tmp_path):
+    base = time.time() - 3600  # recent: the writer's own prune must not touch it
+    details = {"name": "n-devs.tplinkcloud.com", "type": "A", "nested": {"ü": [1, 2.5, None]},
+               "ok": True}
+    with EventStore(tmp_path / "ev.db") as store:
+        store.record("dns", "10.0.0.2", details, at=base + 2)
+        store.record("dns", "10.0.0.1", {"n": 1}, at=base)  # older, recorded later
+        before = time.time()
+        store.record("ntp", None, {"n": 2})
+        after = time.time()
+        store.flush()
+        got = store.events()
+    assert [(e.kind, e.client) for e in got] == [
+        ("dns", "10.0.0.1"), ("dns", "10.0.0.2"), ("ntp", None)
+    ]
+    assert got[1].details == details
+    assert before <= got[2].at <= after
+    assert len({e.id for e in got}) == 3
+    record = got[1].as_dict()
+    assert record["time"].endswith("Z")
+    moment = datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
+    assert abs(moment.timestamp() - (base + 2)) < 0.001
+    assert {k: record[k] for k in ("id", "kind", "client", "details")} == {
+        "id": got[1].id, "kind": "dns", "client": "10.0.0.2", "details": details
+    }
+    json.dumps(record)  # JSON-ready as it is
+
+
+def test_event_filters(tmp_path):
+    base = time.time() - 3600
+    with EventStore(tmp_path / "ev.db") as store:
+        for i, (kind, client) in enumerate([
+            ("dns", "10.0.0.1"), ("ntp", "10.0.0.2"), ("dns", "10.0.0.2"), ("dns", None),
+            ("cloud", "10.0.0.1"),
+        ]):
+            store.record(kind, client, {"i": i}, at=base + i)
+        store.flush()
+
+        def ids(**kw) -> list[int]:
+            return [e.details["i"] for e in store.events(**kw)]
+
+        assert ids() == [0, 1, 2, 3, 4]
+        assert ids(since=base + 2) == [2, 3, 4]
+        assert ids(kind="dns") == [0, 2, 3]
+        assert ids(client="10.0.0.2") == [1, 2]
+        assert ids(kind="dns", client="10.0.0.2") == [2]
+        assert ids(limit=2) == [3, 4]  # the newest two, oldest first
+        assert ids(kind="dns", limit=2) == [2, 3]
+        assert ids(limit=0) == []
+        assert ids(kind="nothing") == []
+
+
+def test_details_are_taken_when_recorded_and_never_make_record_raise(tmp_path):
+    with EventStore(tmp_path / "ev.db") as store:
+        details = {"list": [1]}
+        store.record("dns", None, details)
+        details["list"].append(2)  # too late: what was recorded is what was passed
+        store.record("dns", None, {"obj": object()})  # not JSON: stored as text
+        store.record("dns", None, {(1, 2): "tuple key"})  # not JSON either
+        store.flush()
+        got = store.events()
+    assert got[0].details == {"list": [1]}
+    assert got[1].details["obj"].startswith("<object object")
+    assert "tuple key" in got[2].details["unserializable"]
+
+
+@pytest.mark.parametrize("busy_timeout", [5.0, 0.05], ids=["waits-for-lock", "retries"])
+def test_record_and_count_do_not_block_while_the_database_is_locked(
+    tmp_path, caplog, busy_timeout
+):
+    """With a busy timeout longer than the lock the writer waits it out; with a short one
+    it fails, logs, keeps the batch and retries: either way the callers never wait."""
+    caplog.set_level(logging.DEBUG, logger="hs100local.events")
+    path = tmp_path / "ev.db"
+    n = 10_000
+    with EventStore(path, flush_interval=0.05, timeout=busy_timeout) as store:
+        with write_locked(path):
+            locked_at = time.monotonic()
+            start = time.perf_counter()
+            for i in range(n):
+                store.record("dns", f"10.0.0.{i % 7}", {"i": i})
+                store.count("dns", "forwarded", client=f"10.0.0.{i % 7}")
+            elapsed = time.perf_counter() - start
+            time.sleep(max(0.0, LOCK_SECONDS - (time.monotonic() - locked_at)))
+            assert store.events() == []  # the lock really kept the writer out
+            assert store.dropped == 0
+        store.flush()
+        got = store.events()
+        total = sum(c.n for c in store.counts(kind="dns"))
+    assert elapsed < LOCK_SECONDS / 4, f"{n} record()+count() took {elapsed:.3f} s"
+    assert [e.details["i"] for e in got] == list(range(n))
+    assert total == n
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    if busy_timeout < LOCK_SECONDS:
+        assert warned and "will retry" in warned[0].getMessage()
+        assert any("again" in r.getMessage() for r in caplog.records)
+    else:
+        assert not warned
+
+
+def test_counts_are_summed_per_minute_client_and_key(tmp_path):
+    m0 = (int(time.time()) // 60 - 10) * 60.0
+    expected: Counter[tuple[float, str | None, str]] = Counter()
+    with EventStore(tmp_path / "ev.db") as store:
+        for i in range(1000):
+            minute = m0 + 60 * (i % 2)
+            client = "10.0.0.1" if i % 3 else "10.0.0.2"
+            key = "cached" if i % 5 == 0 else "forwarded"
+            store.count("dns", key, client=client, at=minute + (i * 7) % 60 + 0.5)
+            expected[(minute, client, key)] += 1
+        store.count("dns", "forwarded", 3, at=m0 + 5)  # no client
+        expected[(m0, None, "forwarded")] += 3
+        store.count("ntp", "served", client="10.0.0.1", at=m0)
+        store.flush()
+        got = {(c.minute, c.client, c.key): c.n for c in store.counts(kind="dns")}
+        assert got == dict(expected)
+        assert sum(got.values()) == 1003
+
+        store.count("dns", "forwarded", 5, client="10.0.0.1", at=m0 + 59.9)
+        store.flush()
+        again = {(c.minute, c.client, c.key): c.n for c in store.counts(kind="dns")}
+        assert again[(m0, "10.0.0.1", "forwarded")] == expected[(m0, "10.0.0.1", "forwarded")] + 5
+
+        later = store.counts(since=m0 + 90)  # within the second minute: that bucket counts
+        assert {c.minute for c in later} == {m0 + 60}
+        assert {c.kind for c in store.counts()} == {"dns", "ntp"}
+
+
+def test_events_survive_sigkill_without_flush_or_close(tmp_path):
+    path = tmp_path / "ev.db"
+    code = textwrap.dedent("""
+        import sys, time
+        from hs100local.events import EventStore
+        store = EventStore(sys.argv[1], flush_interval=0.5)
+        for i in range(200):
+            store.record("dns", "10.0.0.9", {"i": i})
+        store.count("dns", "forwarded", 7, client="10.0.0.9")
+        print("queued", flush=True)
+        time.sleep(2)
+        time.sleep(60)  # the parent kills us before this ends
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        line = proc.stdout.readline()
+        assert line == "queued\n", proc.communicate(timeout=10)
+        time.sleep(2)
+    finally:
+        proc.kill()  # SIGKILL: no atexit, no finally, no close()
+        proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    with EventStore(path) as store:
+        assert [e.details["i"] for e in store.events()] == list(range(200))
+        assert [c.n for c in store.counts()] == [7]
+
+
+def test_shares_the_inventory_file_without_touching_its_schema_version(tmp_path):
+    plug = DiscoveredPlug(
+        host="198.18.0.11", port=9999, mac="AA:BB:CC:DD:EE:FF", alias="Kitchen",
+        model="HS110(EU)", hw_ver="1.0", sw_ver="1.2.5", device_id="80060", state="on",
+        protocol=PROTOCOL_XOR, controllable=True,
+    )
+    path = tmp_path / "shared.db"
+    with Inventory(path) as inventory:
+        assert user_version(path) == SCHEMA_VERSION
+        with EventStore(path) as store:
+            store.record("dns", "198.18.0.11", {"name": "x"})
+            assert [c.kind for c in inventory.record([plug])] == ["new"]
+            store.flush()
+            assert len(store.events()) == 1
+        assert [p.alias for p in inventory.plugs()] == ["Kitchen"]
+    assert user_version(path) == SCHEMA_VERSION
+
+    # Events first: the version stays 0, so the inventory still creates its tables.
+    other = tmp_path / "events-first.db"
+    with EventStore(other) as store:
+        store.record("dns", None, {"name": "y"})
+    assert user_version(other) == 0
+    with Inventory(other) as inventory:
+        assert [c.kind for c in inventory.record([plug])] == ["new"]
+    assert user_version(other) == SCHEMA_VERSION
+    with EventStore(other) as store:
+        assert [e.details for e in store.events()] == [{"name": "y"}]
+
+
+def test_default_path_is_the_inventory_file():
+    with EventStore() as store, Inventory() as inventory:
+        assert store.path == inventory.path == default_db_path()
+
+
+@pytest.mark.parametrize("busy_timeout", [5.0, 0.3], ids=["commit-after-wait", "commit-fails"])
+def test_overflow_drops_oldest_counts_them_and_reports_in_a_store_event(tmp_path, busy_timeout):
+    """Events the writer was committing when the queue overflowed are lost only if that
+    commit fails: either way each event is either stored or counted, never both."""
+    path = tmp_path / "ev.db"
+    with EventStore(path, max_queue=100, flush_interval=0.05, timeout=busy_timeout) as store:
+        with write_locked(path):
+            for i in range(1000):
+                store.record("dns", None, {"i": i})
+                store.count("dns", "forwarded")  # counters are never dropped
+                if i == 49:
+                    time.sleep(0.2)  # the writer takes (some of) these and waits on the lock
+            dropped_while_locked = store.dropped
+            time.sleep(0.4)  # the short timeout runs out while we still hold the lock
+        store.flush()
+        stored = [e.details["i"] for e in store.events(kind="dns")]
+        reports = store.events(kind="store")
+        total = sum(c.n for c in store.counts())
+        dropped = store.dropped
+    assert dropped_while_locked >= 800  # the queue never held more than 100
+    assert len(stored) + dropped == 1000
+    assert stored[-100:] == list(range(900, 1000))  # the newest are kept
+    if busy_timeout > 1:
+        assert len(stored) > 100  # some of the first 50 got through after the wait
+    else:
+        assert len(stored) == 100
+    assert reports and sum(r.details["dropped"] for r in reports) == dropped
+    assert total == 1000
+
+
+def test_prune_removes_only_rows_older_than_retention(tmp_path):
+    # In the future, so the writer's own prune (with the real clock) leaves them alone.
+    now = time.time() + 100 * DAY
+    with EventStore(tmp_path / "ev.db", retention_days=30) as store:
+        for age in (31, 29, 1):
+            store.record("dns", None, {"age": age}, at=now - age * DAY)
+            store.count("dns", "forwarded", client=str(age), at=now - age * DAY)
+        store.flush()
+        assert store.prune(now) == 2
+        assert [e.details["age"] for e in store.events()] == [29, 1]
+        assert [c.client for c in store.counts()] == ["29", "1"]
+        assert store.prune(now) == 0
+
+
+def test_the_writer_prunes_by_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(events_module, "PRUNE_INTERVAL", 0.1)
+    with EventStore(tmp_path / "ev.db", flush_interval=0.05) as store:
+        store.record("dns", None, {"old": False})
+        store.flush()
+        time.sleep(0.2)  # past the prune at start-up: what follows needs a periodic one
+        store.record("dns", None, {"old": True}, at=time.time() - 40 * DAY)
+        store.flush()
+        deadline = time.monotonic() + 5
+        while store.events(kind="dns") != store.events(kind="dns", since=time.time() - DAY):
+            assert time.monotonic() < deadline, "the old event was never pruned"
+            time.sleep(0.05)
+        assert [e.details for e in store.events()] == [{"old": False}]
+
+
+def test_aflush_keeps_the_event_loop_running(tmp_path):
+    path = tmp_path / "ev.db"
+
+    async def main(store: EventStore) -> int:
+        ticks = 0
+        store.record("dns", "10.0.0.1", {"name": "x"})
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        await store.aflush()  # waits out the lock below
+        task.cancel()
+        return ticks
+
+    with EventStore(path, flush_interval=0.05) as store:
+        ticks_box: list[int] = []
+        runner = threading.Thread(target=lambda: ticks_box.append(asyncio.run(main(store))))
+        with write_locked(path):
+            runner.start()
+            time.sleep(0.4)
+        runner.join(10)
+        assert [e.client for e in store.events()] == ["10.0.0.1"]
+    assert ticks_box and ticks_box[0] >= 10  # the loop ran ~0.4 s while aflush waited
+
+
+def test_close_flushes_is_idempotent_and_rejects_further_use(tmp_path):
+    path = tmp_path / "ev.db"
+    before = writer_threads()
+    store = EventStore(path, flush_interval=60)
+    mine = writer_threads() - before
+    assert len(mine) == 1
+    store.record("dns", None, {"last": True})
+    store.count("dns", "forwarded")
+    store.close()
+    store.close()
+    assert not any(t.is_alive() for t in mine)
+    with pytest.raises(StoreError, match="closed"):
+        store.record("dns", None, {})
+    with pytest.raises(StoreError, match="closed"):
+        store.count("dns", "forwarded")
+    with pytest.raises(StoreError, match="closed"):
+        store.flush()
+    with EventStore(path) as again:
+        assert [e.details for e in again.events()] == [{"last": True}]
+        assert [c.n for c in again.counts()] == [1]
+    assert not any(t.is_alive() for t in writer_threads() - before)
+
+
+def test_bad_path_fails_at_start(tmp_path):
+    with pytest.raises(StoreError, match="cannot open event store"):
+        EventStore(tmp_path)  # a directory
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot open event store"):
+        EventStore(tmp_path / "file" / "ev.db")  # parent is a file
+    with pytest.raises(ValueError):
+        EventStore(tmp_path / "ev.db", max_queue=0)
+
+
+def test_event_is_a_value():
+    event = Event(1, 0.0, "dns", None, {})
+    assert event.as_dict() == {"id": 1, "time": "1970-01-01T00:00:00.000Z", "kind": "dns",
+                               "client": None, "details": {}}
