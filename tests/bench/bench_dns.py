@@ -14,10 +14,11 @@ and the same upstream:
   --rate-limit 0``, in this environment (where PYTHONDONTWRITEBYTECODE=1 makes every
   start compile hs100local's modules from source);
 * ``ours[pyc]``: the same with a private bytecode cache (PYTHONPYCACHEPREFIX, written
-  by a first start), as a normal installation runs. The two can differ by 3x: the
-  start-up history sets glibc's malloc thresholds, which decide whether asyncio's
-  256 KiB receive buffer is mmap'd and unmapped for every datagram (the faults/q
-  column shows it);
+  by a first start), as a normal installation runs. The two differed by 3x until the
+  server lowered its UDP transport's ``max_size`` (commit b8148c9): the start-up
+  history set glibc's malloc thresholds, which decided whether asyncio's 256 KiB
+  receive buffer was mmap'd and unmapped for every datagram. The faults/q column
+  (the server's minor page faults per query) would show it coming back;
 * ``ours+events``: as ``ours`` with the event store on (a temporary database);
 * ``dnsmasq``: the peer, ``--address=/tplinkcloud.com/127.0.0.1 --server=127.0.0.1#U
   --no-resolv --cache-size=10000``;
@@ -530,8 +531,8 @@ def summary(args: argparse.Namespace, servers: list[Server], cells: dict,
           "ceiling. ours is one asyncio thread; dnsmasq is single-threaded C; dnslib starts "
           "a thread per UDP request and, having no cache, forwards every 'cached' query "
           "upstream. faults/q (the server's minor page faults per query) near 1 or more in "
-          "an ours row means asyncio's 256 KiB receive buffer is mmap'd and unmapped for "
-          "every datagram (see README.md).")
+          "an ours row means its receive buffer is mmap'd and unmapped for every "
+          "datagram again (see README.md).")
     print(f"\n{machine}")
 
 if __name__ == "__main__":
