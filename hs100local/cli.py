@@ -679,16 +679,26 @@ def raw(request: str) -> None:
 # -------------------------------------------------------------- discovery
 
 
+def _address(p: Any) -> str:
+    """The host, with the port only when it is not a plug's usual one (emulators)."""
+    return p.host if p.port in (9999, 20002, 20004) else f"{p.host}:{p.port}"
+
+
+def _firmware(p: Any) -> str:
+    return one_line(p.sw_ver or (f"hw {p.hw_ver}" if p.hw_ver else "-"))
+
+
+def _protocol(p: Any) -> str:
+    return p.protocol if p.controllable else f"{p.protocol} (no local control)"
+
+
 def _plug_rows(plugs: list[Any]) -> list[str]:
     """A table: one row per device, outlets indented below their strip."""
     header = ("HOST", "MAC", "MODEL", "ALIAS", "STATE", "FIRMWARE", "PROTOCOL")
     rows: list[tuple[str, ...]] = []
     for p in plugs:
-        firmware = p.sw_ver or (f"hw {p.hw_ver}" if p.hw_ver else "-")
-        proto = p.protocol if p.controllable else f"{p.protocol} (no local control)"
-        host = p.host if p.port in (9999, 20002, 20004) else f"{p.host}:{p.port}"
-        rows.append((host, p.mac, p.model or "-", one_line(p.alias) or "-", p.state or "-",
-                     one_line(firmware), proto))
+        rows.append((_address(p), p.mac, p.model or "-", one_line(p.alias) or "-",
+                     p.state or "-", _firmware(p), _protocol(p)))
         for c in p.children:
             rows.append(("", f"  outlet {c.index}", "", one_line(c.alias),
                          "on" if c.is_on else "off", "", ""))
@@ -829,11 +839,8 @@ def plugs(ctx: click.Context) -> None:
         inventory.close()
     header = ("ALIAS", "MAC", "HOST", "MODEL", "FIRMWARE", "PROTOCOL", "LAST SEEN")
     rows = [
-        (one_line(r.alias) or "-", r.mac, r.host if r.port in (9999, 20002, 20004)
-         else f"{r.host}:{r.port}", r.model or "-",
-         one_line(r.sw_ver or (f"hw {r.hw_ver}" if r.hw_ver else "-")),
-         r.protocol if r.controllable else f"{r.protocol} (no local control)",
-         _when(r.last_seen))
+        (one_line(r.alias) or "-", r.mac, _address(r), r.model or "-", _firmware(r),
+         _protocol(r), _when(r.last_seen))
         for r in records
     ]
     emit([r.as_dict() for r in records],

@@ -37,8 +37,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
-from hs100local.errors import StoreError, TargetError
-from hs100local.inventory import _enable_wal, _from_ts, _iso, _make_dirs, default_db_path
+from hs100local.errors import StoreError
+from hs100local.inventory import (
+    _enable_wal,
+    _from_ts,
+    _iso,
+    _make_dirs,
+    default_db_path,
+    newest_query,
+)
 
 T = TypeVar("T")
 
@@ -430,15 +437,7 @@ class EventStore:
             if value is not None:
                 where.append(column)
                 args.append(value)
-        if limit is not None and limit < 0:
-            raise TargetError(f"limit must not be negative ({limit})")
-        query = "SELECT * FROM events"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        if limit is not None:
-            query = f"SELECT * FROM ({query} ORDER BY at DESC, id DESC LIMIT ?)"
-            args.append(limit)
-        query += " ORDER BY at, id"
+        query = newest_query("events", where, args, limit)
 
         def fetch(conn: sqlite3.Connection) -> list[Event]:
             return [_event_from_row(row, self.path) for row in conn.execute(query, args)]

@@ -283,6 +283,20 @@ def _children_json(children: Iterable[ChildRecord]) -> str:
     return json.dumps([c.as_dict() for c in children], ensure_ascii=False)
 
 
+def newest_query(table: str, where: list[str], args: list[Any], limit: int | None) -> str:
+    """``SELECT`` rows of a log table oldest first; ``limit`` keeps the *newest*
+    ``limit`` rows (what "the last 20" means). Appends the limit to ``args``."""
+    if limit is not None and limit < 0:
+        raise TargetError(f"limit must not be negative ({limit})")
+    query = f"SELECT * FROM {table}"
+    if where:
+        query += " WHERE " + " AND ".join(where)
+    if limit is not None:
+        query = f"SELECT * FROM ({query} ORDER BY at DESC, id DESC LIMIT ?)"
+        args.append(limit)
+    return query + " ORDER BY at, id"
+
+
 def _plug_from_row(row: sqlite3.Row) -> PlugRecord:
     try:
         children = tuple(
@@ -603,15 +617,7 @@ class Inventory:
         if since is not None:
             where.append("at >= ?")
             args.append(_to_ts(since))
-        if limit is not None and limit < 0:
-            raise TargetError(f"limit must not be negative ({limit})")
-        query = "SELECT * FROM plug_changes"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        if limit is not None:
-            query = f"SELECT * FROM ({query} ORDER BY at DESC, id DESC LIMIT ?)"
-            args.append(limit)
-        query += " ORDER BY at, id"
+        query = newest_query("plug_changes", where, args, limit)
 
         def fetch(conn: sqlite3.Connection) -> list[Change]:
             return [_change_from_row(r) for r in conn.execute(query, args)]

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 
 from hs100local.dns import answers, wire
-from hs100local.dns.forward import Forwarder
+from hs100local.dns.forward import Forwarder, question_end
 from hs100local.dns.rules import Sinkhole, normalize_name
 from hs100local.errors import TargetError
 
@@ -87,13 +87,10 @@ class DnsStats:
 
 def _query_of(request: DNSRecord, data: bytes) -> wire.Query:
     q = request.q
-    end = 12
     try:
-        from hs100local.dns.forward import question_end
-
         end = question_end(data)
     except IndexError:
-        pass
+        end = 12
     name = str(q.qname).rstrip(".").lower()
     return wire.Query(request.header.id, int.from_bytes(data[2:4], "big"), name, q.qtype,
                       q.qclass, data[12:end], answers.has_edns(request), 512)
@@ -340,8 +337,6 @@ def _truncate(reply: bytes, limit: int) -> bytes:
     if len(reply) <= limit:
         return reply
     try:
-        from hs100local.dns.forward import question_end
-
         end = question_end(reply)
     except IndexError:
         end = 12

@@ -49,7 +49,6 @@ import os
 import platform
 import re
 import resource
-import selectors
 import shutil
 import signal
 import socket
@@ -65,6 +64,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rcode
+from servers import start_server  # this folder (a script's folder is on sys.path)
 
 BINDIR = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -203,30 +203,11 @@ def start_dnsmasq(workdir: Path, name: str, port: int, extra: list[str]) -> subp
     return proc
 
 
-READY = re.compile(r"\bon (\d+\.\d+\.\d+\.\d+):(\d+)\b")
-
-
 def start_ready(cmd: list[str], procs: list[subprocess.Popen], env: dict[str, str] | None = None,
                 timeout: float = 20.0) -> tuple[subprocess.Popen, int]:
     """Start ``cmd`` (added to ``procs`` at once, for the clean-up) and wait for its
     ready line ``… on HOST:PORT …``; return the process and the port."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-                            env=env)
-    procs.append(proc)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                raise SystemExit(f"no ready line from {cmd} within {timeout:g} s")
-            line = proc.stdout.readline()
-            if not line:
-                raise SystemExit(f"{cmd} exited ({proc.wait()}) before its ready line")
-            match = READY.search(line)
-            if match:
-                return proc, int(match.group(2))
+    return start_server(cmd, timeout, env=env, procs=procs)
 
 
 def stop(proc: subprocess.Popen, wait: float = 10.0) -> None:

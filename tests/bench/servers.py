@@ -11,9 +11,19 @@ import time
 READY = re.compile(r"\bon (\d+\.\d+\.\d+\.\d+):(\d+)\b")
 
 
-def start_server(cmd: list[str], timeout: float = 15.0) -> tuple[subprocess.Popen[str], int]:
-    """Start ``cmd`` and wait for its one ready line ``… on HOST:PORT …``; return the port."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+def start_server(
+    cmd: list[str], timeout: float = 15.0, *, env: dict[str, str] | None = None,
+    procs: list[subprocess.Popen[str]] | None = None,
+) -> tuple[subprocess.Popen[str], int]:
+    """Start ``cmd`` and wait for its one ready line ``… on HOST:PORT …``; return the port.
+
+    ``procs`` gets the process at once, so a caller's clean-up sees it even if
+    waiting for the ready line fails.
+    """
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    if procs is not None:
+        procs.append(proc)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
