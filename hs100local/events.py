@@ -4,14 +4,17 @@ The services share one asyncio process, and a SQLite write can wait seconds on a
 lock another process holds (a discovery updating the inventory), so nothing here
 touches SQLite on the caller's path: :meth:`EventStore.record` and
 :meth:`EventStore.count` only append to memory, and one writer thread with its own
-connection commits a batch per transaction. A forwarded-query counter per client
-per minute is summed in memory first, so a busy network costs one UPSERT per
-minute and client instead of one row per query.
+connection commits a batch per transaction every ``flush_interval`` (sooner only
+when a full batch waits). Floods are aggregated in memory first: identical events
+(kind, client, details) within a minute are one row with a count and a last-seen
+time, and a counter per client per minute (forwarded DNS queries) is one UPSERT
+per flush, so a busy network costs a few rows a minute instead of one per packet.
 
 The tables live in the inventory's file (one file to back up or delete) but are
 not part of its versioned schema: they are created with ``IF NOT EXISTS`` and
 ``PRAGMA user_version`` is left alone, because the inventory owns it and would
-otherwise skip its own migrations.
+otherwise skip its own migrations. Columns added later are added on open when
+missing.
 
 Durability: an event is committed within about ``flush_interval`` of
 :meth:`EventStore.record`, so a crash of the process loses at most that much. With
@@ -32,10 +35,9 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from hs100local.errors import StoreError
 from hs100local.inventory import (
@@ -66,7 +68,9 @@ _SCHEMA = (
         at REAL NOT NULL,
         kind TEXT NOT NULL,
         client TEXT,
-        details TEXT NOT NULL
+        details TEXT NOT NULL,
+        count INTEGER NOT NULL DEFAULT 1,
+        last REAL
     )""",
     "CREATE INDEX IF NOT EXISTS events_at ON events (at)",
     "CREATE INDEX IF NOT EXISTS events_kind_at ON events (kind, at)",
@@ -82,32 +86,78 @@ _SCHEMA = (
     )""",
 )
 
-_INSERT_EVENT = "INSERT INTO events (at, kind, client, details) VALUES (?, ?, ?, ?)"
+_INSERT_EVENT = (
+    "INSERT INTO events (at, kind, client, details, count, last) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_EVENT = "UPDATE events SET count = ?, last = ? WHERE id = ?"
 _UPSERT_COUNT = (
     "INSERT INTO event_counts (minute, kind, client, key, n) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (minute, kind, client, key) DO UPDATE SET n = n + excluded.n"
 )
+# Columns added after the first release of the table (ALTER TABLE on open).
+_ADDED_COLUMNS = (
+    ("count", "INTEGER NOT NULL DEFAULT 1"),
+    ("last", "REAL"),
+)
 
 _CountKey = tuple[float, str, str, str]  # (minute, kind, client or '', key)
+_Frozen = tuple[tuple[str, Any], ...] | str  # details as a hashable value
+_PLAIN = (str, int, type(None))  # exact types (not bool, not float) safe to key on
+
+# Life of a _Row.
+_NEW = 0  # waiting in _pending to be inserted
+_INFLIGHT = 1  # the writer is committing it
+_CLEAN = 2  # in the database as it is in memory
+_DIRTY = 3  # in the database, with repeats not yet written (listed in _dirty)
+_LOST = 4  # dropped on overflow
 
 
-class _Pending(NamedTuple):
-    seq: int  # order of arrival: the writer removes what it committed by seq
-    at: float
-    kind: str
-    client: str | None
-    details: str  # JSON
+class _Row:
+    """One ``events`` row in the making: the first event with its kind, client and
+    details in a minute, and the count of the identical ones folded into it since.
+
+    A flood (a plug asking for its cloud name in a tight loop, a scanner hammering
+    the TLS port) thus costs one row per minute and not one per packet, and the
+    repeats cost the caller a dict lookup instead of a JSON encoding.
+    """
+
+    __slots__ = ("at", "client", "details", "key", "kind", "last", "minute", "n", "rowid",
+                 "state")
+
+    def __init__(self, key: tuple[str, str | None, _Frozen], at: float, kind: str,
+                 client: str | None, details: _Frozen, minute: float) -> None:
+        self.key = key
+        self.at = at
+        self.kind = kind
+        self.client = client
+        self.details = details
+        self.minute = minute
+        self.n = 1
+        self.last = at
+        self.rowid: int | None = None
+        self.state = _NEW
+
+    def details_json(self) -> str:
+        if isinstance(self.details, str):
+            return self.details
+        return _details_json(dict(self.details))
 
 
 @dataclass(frozen=True)
 class Event:
-    """One recorded event; ``at`` is a Unix timestamp (UTC)."""
+    """One recorded event; ``at`` is a Unix timestamp (UTC).
+
+    ``count`` identical events (same kind, client and details) arrived in the minute
+    of ``at``, the last of them at ``last``.
+    """
 
     id: int
     at: float
     kind: str
     client: str | None
     details: dict[str, Any]
+    count: int = 1
+    last: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +166,8 @@ class Event:
             "kind": self.kind,
             "client": self.client,
             "details": self.details,
+            "count": self.count,
+            "last": _iso(_from_ts(self.at if self.last is None else self.last)),
         }
 
 
@@ -140,6 +192,20 @@ def _details_json(details: dict[str, Any]) -> str:
         return json.dumps({"unserializable": repr(details)}, ensure_ascii=False)
 
 
+def _freeze(details: dict[str, Any]) -> _Frozen:
+    """A hashable snapshot of ``details`` to fold repeats on.
+
+    Flat details of strings, ints and None (what the services record) become a tuple of
+    items, cheap to build and hash, and encoded by the writer thread; anything else
+    becomes its JSON text right away (an exact key, and immune to later mutation).
+    """
+    items = tuple(details.items())
+    for key, value in items:
+        if type(key) is not str or type(value) not in _PLAIN:
+            return _details_json(details)
+    return items
+
+
 def _minute(at: float) -> float:
     return float(int(at // 60) * 60)
 
@@ -148,11 +214,13 @@ class EventStore:
     """Events and per-minute counters in SQLite, written by one background thread.
 
     ``record``/``count`` never block, and raise only on programming errors (use after
-    :meth:`close`, an ``at`` that is not a number). If more than ``max_queue`` events
-    are waiting (the database stayed locked or failing), the oldest waiting events are
-    dropped, counted in :attr:`dropped` and reported by a ``"store"`` event; counters
-    are never dropped since they are already aggregated. Reads and :meth:`prune` use their own
-    short-lived connection and may run from any thread while the writer works.
+    :meth:`close`, an ``at`` that is not a number). Identical events (kind, client,
+    details) within a minute are stored once with a count. If more than ``max_queue``
+    rows are waiting (the database stayed locked or failing), the oldest waiting are
+    dropped, their events counted in :attr:`dropped` and reported by a ``"store"``
+    event; counters are never dropped since they are already aggregated. Reads and
+    :meth:`prune` use their own short-lived connection and may run from any thread
+    while the writer works.
     """
 
     def __init__(
@@ -181,21 +249,25 @@ class EventStore:
         self._stop = threading.Event()
         self._closed = False
         # All below are guarded by _lock.
-        self._pending: deque[_Pending] = deque()
-        self._seq = 0
-        self._inflight: tuple[int, int] | None = None  # seq range the writer is committing
-        self._tentative = 0  # drops of in-flight events: lost only if that commit fails
+        self._seq = 0  # bumped by every record() and count()
+        self._done = 0  # everything up to this seq is committed (or dropped)
+        self._pending: deque[_Row] = deque()  # rows to insert, oldest first
+        self._dirty: list[_Row] = []  # rows in the database with repeats to write
+        self._open: dict[tuple[str, str | None, _Frozen], _Row] = {}  # newest row per key
+        self._open_minute = 0.0  # minute of the last sweep of _open
         self._dropped = 0
         self._reported = 0  # drops already written as a "store" event
         self._counts: dict[_CountKey, int] = {}
-        self._counts_seq = 0  # seq of the last count()
-        self._counts_done = 0  # every count() up to this seq is committed
 
         conn = self._connect(check_same_thread=False)  # handed over to the writer below
         try:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+            for column, declaration in _ADDED_COLUMNS:
+                if column not in have:
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {column} {declaration}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.close()
@@ -243,25 +315,47 @@ class EventStore:
     def record(
         self, kind: str, client: str | None, details: dict[str, Any], *, at: float | None = None
     ) -> None:
-        """Queue one event; returns at once, the writer commits it within ~flush_interval."""
+        """Queue one event; returns at once, the writer commits it within ~flush_interval.
+
+        An event identical in kind, client and details to one already recorded in the
+        same minute only adds to that one's count (and moves its ``last``).
+        """
         item_at = time.time() if at is None else float(at)
-        text = _details_json(details)
         kind = str(kind)
         client = None if client is None else str(client)
+        frozen = _freeze(details)
+        key = (kind, client, frozen)
+        minute = item_at // 60
         with self._lock:
             if self._closed:
                 raise StoreError(f"event store {self.path} is closed")
             self._seq += 1
-            self._pending.append(_Pending(self._seq, item_at, kind, client, text))
-            wake = len(self._pending) == 1  # else the writer is busy with the queue anyway
+            row = self._open.get(key)
+            if row is not None and row.minute == minute:
+                row.n += 1
+                if item_at > row.last:
+                    row.last = item_at
+                if row.state == _CLEAN:
+                    row.state = _DIRTY
+                    self._dirty.append(row)
+                return
+            row = _Row(key, item_at, kind, client, frozen, minute)
+            self._open[key] = row
+            self._pending.append(row)
             if len(self._pending) > self.max_queue:
-                lost = self._pending.popleft()
-                if self._inflight is not None and lost.seq <= self._inflight[1]:
-                    self._tentative += 1
-                else:
-                    self._dropped += 1
+                self._drop_oldest()
+            # The writer comes by every flush_interval; wake it early only when a
+            # batch is full, so that a busy service gets batches, not a commit per event.
+            wake = len(self._pending) == BATCH_MAX
         if wake:
             self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        lost = self._pending.popleft()
+        lost.state = _LOST
+        self._dropped += lost.n
+        if self._open.get(lost.key) is lost:
+            del self._open[lost.key]
 
     def count(
         self, kind: str, key: str, n: int = 1, *, client: str | None = None,
@@ -273,12 +367,8 @@ class EventStore:
         with self._lock:
             if self._closed:
                 raise StoreError(f"event store {self.path} is closed")
-            wake = not self._counts
             self._counts[bucket] = self._counts.get(bucket, 0) + int(n)
             self._seq += 1
-            self._counts_seq = self._seq
-        if wake:
-            self._wake.set()
 
     @property
     def dropped(self) -> int:
@@ -301,21 +391,13 @@ class EventStore:
 
     def _flush(self, timeout: float) -> None:
         with self._lock:
-            target, counts_target, drops_target = self._seq, self._counts_seq, self._dropped
-
-            def done() -> bool:
-                if self._counts_done < counts_target or self._reported < drops_target:
-                    return False
-                if self._inflight is not None and self._inflight[0] <= target:
-                    return False
-                return not self._pending or self._pending[0].seq > target
-
+            target = self._seq
             self._wake.set()  # also cuts short the wait after a failed round
-            if not self._changed.wait_for(done, timeout):
-                waiting = sum(1 for item in self._pending if item.seq <= target)
+            if not self._changed.wait_for(lambda: self._done >= target, timeout):
                 raise StoreError(
-                    f"event store {self.path}: {waiting} events and the counters not "
-                    f"written within {timeout:g} s"
+                    f"event store {self.path}: {len(self._pending)} events, "
+                    f"{len(self._dirty)} repeat counts and the counters not written "
+                    f"within {timeout:g} s"
                 )
 
     async def aflush(self) -> None:
@@ -345,9 +427,9 @@ class EventStore:
             conn.close()
 
     def _drain(self, conn: sqlite3.Connection, failing: bool) -> bool:
-        """Commit rounds until nothing is left; returns whether the last round failed.
+        """Commit rounds while full batches wait; returns whether the last round failed.
 
-        A failure keeps the events queued (bounded by max_queue) and the counters in
+        A failure keeps the rows queued (bounded by max_queue) and the counters in
         memory, to be retried on the next wake-up rather than in a tight loop.
         """
         while True:
@@ -371,57 +453,106 @@ class EventStore:
                 return False
 
     def _round(self, conn: sqlite3.Connection) -> bool:
-        """One transaction of queued events, counters and drop report; True if more wait."""
+        """One transaction of new rows, repeat counts, counters and drop report; True if
+        a full batch is waiting already."""
         with self._lock:
-            batch = list(islice(self._pending, BATCH_MAX))
+            take = min(BATCH_MAX, len(self._pending))
+            new = [self._pending.popleft() for _ in range(take)]
+            dirty, self._dirty = self._dirty, []
             counts, self._counts = self._counts, {}
-            counts_seq = self._counts_seq
             drops = self._dropped - self._reported
-            self._inflight = (batch[0].seq, batch[-1].seq) if batch else None
-        if not batch and not counts and not drops:
-            return False
+            everything, seq = not self._pending, self._seq
+            # (row, n, last) as of now: repeats arriving during the commit make it dirty again
+            inserts = [(row, row.n, row.last) for row in new]
+            updates = [(row, row.n, row.last) for row in dirty]
+            for row in new:
+                row.state = _INFLIGHT
+            for row in dirty:
+                row.state = _INFLIGHT
         try:
-            self._write(conn, batch, counts, drops)
+            if inserts or updates or counts or drops:
+                rowids = self._write(conn, inserts, updates, counts, drops)
+            else:
+                rowids = []
         except BaseException:
             with self._lock:
-                self._dropped += self._tentative
-                self._tentative = 0
-                self._inflight = None
+                for row in reversed(new):
+                    row.state = _NEW
+                    self._pending.appendleft(row)
+                for row in dirty:
+                    row.state = _DIRTY
+                self._dirty.extend(dirty)
+                while len(self._pending) > self.max_queue:
+                    self._drop_oldest()
                 for bucket, n in counts.items():  # newer counts went into the fresh dict
                     self._counts[bucket] = self._counts.get(bucket, 0) + n
                 self._changed.notify_all()
             raise
         with self._lock:
-            last = batch[-1].seq if batch else 0
-            while self._pending and self._pending[0].seq <= last:
-                self._pending.popleft()
-            self._tentative = 0  # dropped from the queue but committed: not lost
-            self._inflight = None
-            self._counts_done = counts_seq
+            for (row, n, last), rowid in zip(inserts, rowids, strict=True):
+                row.rowid = rowid
+                self._settle(row, n, last)
+            for row, n, last in updates:
+                self._settle(row, n, last)
             self._reported += drops
+            if everything:
+                self._done = seq
+            self._sweep_open()
             self._changed.notify_all()
-            return bool(self._pending)
+            return len(self._pending) >= BATCH_MAX
+
+    def _settle(self, row: _Row, n: int, last: float) -> None:
+        """After a commit: clean, or dirty again if repeats came in meanwhile."""
+        if row.n != n or row.last != last:
+            row.state = _DIRTY
+            self._dirty.append(row)
+        else:
+            row.state = _CLEAN
+
+    def _sweep_open(self) -> None:
+        """Forget clean rows of past minutes (their key starts a new row anyway) once a
+        minute, and all clean rows if there are too many (a flood of distinct events)."""
+        minute = time.time() // 60
+        if minute == self._open_minute and len(self._open) <= self.max_queue:
+            return
+        self._open_minute = minute
+        crowded = len(self._open) > self.max_queue
+        self._open = {
+            key: row for key, row in self._open.items()
+            if row.state != _CLEAN or (row.minute >= minute and not crowded)
+        }
 
     @staticmethod
     def _write(
-        conn: sqlite3.Connection, batch: list[_Pending], counts: dict[_CountKey, int],
+        conn: sqlite3.Connection,
+        inserts: list[tuple[_Row, int, float]],
+        updates: list[tuple[_Row, int, float]],
+        counts: dict[_CountKey, int],
         drops: int,
-    ) -> None:
+    ) -> list[int]:
+        """Write one transaction; returns the rowids of ``inserts`` in order."""
         if conn.in_transaction:  # a failed ROLLBACK must not wedge every later BEGIN
             conn.execute("ROLLBACK")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT_EVENT, [item[1:] for item in batch])
+            rowids = []
+            for row, n, last in inserts:
+                cursor = conn.execute(_INSERT_EVENT, (row.at, row.kind, row.client,
+                                                      row.details_json(), n, last))
+                rowids.append(int(cursor.lastrowid or 0))
+            conn.executemany(_UPDATE_EVENT, [(n, last, row.rowid) for row, n, last in updates])
             conn.executemany(_UPSERT_COUNT, [(*bucket, n) for bucket, n in counts.items()])
             if drops:
-                conn.execute(_INSERT_EVENT, (time.time(), STORE_KIND, None,
-                                             json.dumps({"dropped": drops})))
+                now = time.time()
+                conn.execute(_INSERT_EVENT, (now, STORE_KIND, None,
+                                             json.dumps({"dropped": drops}), 1, now))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):  # the original error is the one to report
                     conn.execute("ROLLBACK")
             raise
+        return rowids
 
     # -- reading and pruning
 
@@ -531,4 +662,5 @@ def _event_from_row(row: sqlite3.Row, path: Path) -> Event:
         raise StoreError(
             f"event store {path}: corrupt details of event {row['id']}: {exc}"
         ) from None
-    return Event(int(row["id"]), row["at"], row["kind"], row["client"], details)
+    return Event(int(row["id"]), row["at"], row["kind"], row["client"], details,
+                 int(row["count"]), row["last"])

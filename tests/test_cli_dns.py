@@ -82,8 +82,16 @@ def test_dns_server_process_answers_and_records(tmp_path):
     from hs100local.events import EventStore
 
     with EventStore(db) as store:
-        names = [e.details["name"] for e in store.events(kind="dns")]
-    assert names == ["n-devs.tplinkcloud.com", "x.plug.test", "n-devs.tplinkcloud.com"]
+        rows = store.events(kind="dns")
+    seen: dict[tuple[str, str, str], int] = {}
+    for e in rows:
+        key = (e.details["name"], e.details["type"], e.details["action"])
+        seen[key] = seen.get(key, 0) + e.count
+    assert seen == {("n-devs.tplinkcloud.com", "A", "redirect"): 2,
+                    ("x.plug.test", "A", "null"): 1}
+    # the second query for the cloud name (by `dns check`) folds into the first row,
+    # unless a minute boundary fell between them
+    assert len(rows) in (2, 3)
 
 
 def test_dns_refuses_to_forward_to_itself():

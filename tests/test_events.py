@@ -378,4 +378,160 @@ def test_bad_path_fails_at_start(tmp_path):
 def test_event_is_a_value():
     event = Event(1, 0.0, "dns", None, {})
     assert event.as_dict() == {"id": 1, "time": "1970-01-01T00:00:00.000Z", "kind": "dns",
-                               "client": None, "details": {}}
+                               "client": None, "details": {}, "count": 1,
+                               "last": "1970-01-01T00:00:00.000Z"}
+    folded = Event(2, 60.0, "dns", "10.0.0.1", {"name": "x"}, count=3, last=119.5)
+    assert folded.as_dict()["count"] == 3
+    assert folded.as_dict()["last"] == "1970-01-01T00:01:59.500Z"
+
+
+def test_identical_events_in_a_minute_are_one_row_with_a_count(tmp_path):
+    # A minute in the future, so that no sweep of past minutes' rows interferes.
+    m0 = (int(time.time()) // 60 + 5) * 60.0
+    dns = {"name": "devs.tplinkcloud.com", "type": "A", "action": "redirect", "port": 0}
+    with EventStore(tmp_path / "ev.db") as store:
+        for i in range(1000):
+            store.record("dns", "10.0.0.1", dict(dns), at=m0 + i * 0.05)  # 0..49.95 s
+        store.record("dns", "10.0.0.2", dict(dns), at=m0 + 1)  # another client
+        store.record("dns", "10.0.0.1", {**dns, "type": "AAAA"}, at=m0 + 2)  # other details
+        store.record("dns", "10.0.0.1", {**dns, "port": True}, at=m0 + 2)  # True is not 1
+        store.record("tls", "10.0.0.1", dict(dns), at=m0 + 3)  # another kind
+        store.record("dns", "10.0.0.1", {"list": [1]}, at=m0 + 4)  # JSON-keyed
+        store.record("dns", "10.0.0.1", {"list": [1]}, at=m0 + 5)
+        store.flush()
+        got = {(e.kind, e.client, json.dumps(e.details, sort_keys=True), e.at): e
+               for e in store.events()}
+        assert len(got) == 6
+        first = got[("dns", "10.0.0.1", json.dumps(dns, sort_keys=True), m0)]
+        assert (first.count, first.last) == (1000, pytest.approx(m0 + 999 * 0.05))
+        assert first.details == dns and first.details["port"] == 0
+        assert {e.count for e in got.values() if e is not first} == {1, 2}
+        listed = [e for e in got.values() if "list" in e.details]
+        assert [(e.count, e.last) for e in listed] == [(2, m0 + 5)]
+        flipped = [e for e in got.values() if e.details.get("port") is True]
+        assert len(flipped) == 1
+
+        # Repeats after the row was committed update it in place.
+        for i in range(500):
+            store.record("dns", "10.0.0.1", dict(dns), at=m0 + 55 + i * 0.001)
+        store.flush()
+        again = [e for e in store.events(client="10.0.0.1", kind="dns")
+                 if e.details == dns and e.at == m0]
+        assert len(again) == 1 and again[0].id == first.id
+        assert again[0].count == 1500
+        assert again[0].last == pytest.approx(m0 + 55.499)
+        store.record("dns", "10.0.0.1", dict(dns), at=m0 + 61)  # the next minute: a new row
+        store.flush()
+        assert [e.count for e in store.events(client="10.0.0.1", kind="dns")
+                if e.details == dns] == [1500, 1]
+
+
+def test_folding_memory_stays_bounded_under_distinct_events(tmp_path):
+    """A flood of all-different events (random names) must not grow the table of rows
+    kept for folding beyond max_queue between commits."""
+    with EventStore(tmp_path / "ev.db", max_queue=200, flush_interval=0.01) as store:
+        for i in range(5000):
+            store.record("dns", "10.0.0.1", {"name": f"r{i}.example"})
+            if i % 100 == 99:
+                store.flush()
+                assert len(store._open) <= 2 * store.max_queue
+        store.flush()
+        assert len(store.events()) == 5000
+
+
+def test_plain_details_are_snapshotted_when_recorded(tmp_path):
+    with EventStore(tmp_path / "ev.db") as store:
+        details = {"name": "a", "n": 1}
+        store.record("dns", None, details)
+        details["name"] = "b"
+        store.flush()
+        assert [e.details for e in store.events()] == [{"name": "a", "n": 1}]
+
+
+def test_folding_loses_no_repeat_while_the_writer_commits(tmp_path):
+    """A thread floods one event while another flushes over and over: every repeat ends
+    up in a count, whether it arrived before, during or after a commit of its row."""
+    with EventStore(tmp_path / "ev.db", flush_interval=0.01) as store:
+        stop = threading.Event()
+        sent = 0
+
+        def flood() -> None:
+            nonlocal sent
+            while not stop.is_set():
+                store.record("dns", "10.0.0.1", {"name": "flood.tplinkcloud.com"})
+                sent += 1
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            for _ in range(20):
+                store.flush()
+        finally:
+            stop.set()
+            thread.join()
+        store.flush()
+        got = store.events()
+    assert sent > 1000
+    assert sum(e.count for e in got) == sent
+    assert len(got) <= 2  # one per minute: the flood may straddle a minute boundary
+
+
+def test_a_busy_store_commits_once_per_flush_interval(tmp_path, monkeypatch):
+    """Events arriving steadily are batched: the writer does not commit on the first
+    event after each commit (which made it commit back to back under load)."""
+    commits: list[int] = []
+    original = EventStore._write
+
+    def counting(conn, inserts, updates, counts, drops):
+        commits.append(len(inserts))
+        return original(conn, inserts, updates, counts, drops)
+
+    monkeypatch.setattr(EventStore, "_write", staticmethod(counting))
+    with EventStore(tmp_path / "ev.db", flush_interval=0.5) as store:
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() - start < 1.2:
+            store.record("dns", "10.0.0.1", {"i": i})
+            store.count("dns", "forwarded", client="10.0.0.1")
+            i += 1
+            if i % 3 == 0:  # a few thousand events a second: below a batch per interval
+                time.sleep(0.001)
+        store.flush()
+        assert len(store.events()) == i
+    assert sum(commits) == i
+    assert len(commits) <= 5, commits  # ~1.2 s / 0.5 s, plus the flush and slack
+
+
+def test_events_table_of_an_older_release_gains_the_new_columns(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("""CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    at REAL NOT NULL, kind TEXT NOT NULL, client TEXT, details TEXT NOT NULL)""")
+    conn.execute("INSERT INTO events (at, kind, client, details) VALUES (?, 'dns', NULL, ?)",
+                 (time.time() - 60, json.dumps({"old": True})))
+    conn.commit()
+    conn.close()
+    with EventStore(path) as store:
+        store.record("dns", None, {"old": False})
+        store.record("dns", None, {"old": False})
+        store.flush()
+        got = store.events()
+    assert [(e.details["old"], e.count) for e in got] == [(True, 1), (False, 2)]
+    assert got[0].as_dict()["last"] == got[0].as_dict()["time"]
+
+
+def test_overflow_counts_every_folded_event_it_drops(tmp_path):
+    path = tmp_path / "ev.db"
+    with EventStore(path, max_queue=10, flush_interval=0.05, timeout=0.05) as store:
+        with write_locked(path):
+            for _ in range(7):
+                store.record("dns", "10.0.0.1", {"name": "first"})  # one row, count 7
+            for i in range(10):
+                store.record("dns", "10.0.0.1", {"i": i})  # pushes "first" out
+            dropped = store.dropped
+        store.flush()
+        kept = [e for e in store.events() if e.kind == "dns"]
+        reports = store.events(kind="store")
+    assert sum(e.count for e in kept) + dropped == 17
+    assert dropped >= 7 and "first" not in [e.details.get("name") for e in kept]
+    assert sum(r.details["dropped"] for r in reports) == dropped

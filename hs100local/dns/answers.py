@@ -31,9 +31,13 @@ def soa(zone: str, ttl: int) -> RR:
               rdata=SOA(SOA_MNAME, SOA_RNAME, (1, 3600, 600, 86400, ttl)))
 
 
+_A = int(QTYPE.A)  # a plain int: QTYPE.A is a Bimap attribute lookup on every access
+_ADDRESS_MODES = frozenset(("redirect", "ntp", "null"))
+
+
 def answers_a(rule: Rule, qtype: int, qclass: int) -> bool:
     """Whether this rule answers this query with an address (only A, class IN)."""
-    return qtype == QTYPE.A and qclass == 1 and rule.mode in ("redirect", "ntp", "null")
+    return qtype == _A and qclass == 1 and rule.mode in _ADDRESS_MODES
 
 
 def rule_address(rule: Rule, local: str | None) -> str:

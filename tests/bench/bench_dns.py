@@ -299,18 +299,20 @@ def write_queries(workdir: Path) -> dict[str, Path]:
     return {"sinkhole": sink, "cached forwards": fwd}
 
 
-def event_counts(db: Path) -> tuple[int, int]:
-    """(dns events committed, events reported dropped) in the events database."""
+def event_counts(db: Path) -> tuple[int, int, int]:
+    """(dns rows, dns events they count, events reported dropped) in the events database."""
     conn = sqlite3.connect(db)
     try:
-        n = conn.execute("SELECT count(*) FROM events WHERE kind = 'dns'").fetchone()[0]
+        rows, n = conn.execute(
+            "SELECT count(*), coalesce(sum(count), 0) FROM events WHERE kind = 'dns'"
+        ).fetchone()
         dropped = 0
         for (details,) in conn.execute("SELECT details FROM events WHERE kind = 'store'"):
             match = re.search(r'"dropped":\s*(\d+)', details)
             dropped += int(match.group(1)) if match else 0
     finally:
         conn.close()
-    return n, dropped
+    return rows, n, dropped
 
 
 def version(cmd: list[str]) -> str:
@@ -389,10 +391,10 @@ def main() -> None:
         finally:
             for proc in reversed(procs):
                 stop(proc, 30.0)  # the events server flushes its queue first
-        n_events, n_dropped = event_counts(db)
+        n_rows, n_events, n_dropped = event_counts(db)
         sunk = sum(r.completed for r in cells["ours+events", "sinkhole"].results)
     machine += f", {os.getloadavg()[0]:.2f} at end; total {time.monotonic() - started:.0f} s"
-    summary(args, servers, cells, (n_events, n_dropped, sunk), machine)
+    summary(args, servers, cells, (n_rows, n_events, n_dropped, sunk), machine)
 
 
 def run(args: argparse.Namespace, ours_exe: str, workdir: Path,
@@ -478,7 +480,7 @@ def run(args: argparse.Namespace, ours_exe: str, workdir: Path,
 
 
 def summary(args: argparse.Namespace, servers: list[Server], cells: dict,
-            events: tuple[int, int, int], machine: str) -> None:
+            events: tuple[int, int, int, int], machine: str) -> None:
     workloads = list(dict.fromkeys(w for _s, w in cells))
     keys = [s.key for s in servers]
     q = {(k, w): cells[k, w].qps() for k in keys for w in workloads}
@@ -503,10 +505,11 @@ def summary(args: argparse.Namespace, servers: list[Server], cells: dict,
         print(f"  {k:<12} sinkhole {fmt_int(sink)} qps: >= 25,000 {met(sink >= 25_000)}; "
               f"{sink / lib:.1f}x dnslib ({fmt_int(lib)}): >= 3x {met(sink >= 3 * lib)}; "
               f"cached forwards {fmt_int(fwd)} qps: >= 20,000 {met(fwd >= 20_000)}")
-    n_events, n_dropped, sunk = events
-    print(f"  events database after stop: {n_events:,} 'dns' events committed, "
-          f"{n_dropped:,} reported dropped (queue overflow), for {sunk:,} sinkholed "
-          f"queries answered by ours+events under dnsperf (+ 1 check)")
+    n_rows, n_events, n_dropped, sunk = events
+    print(f"  events database after stop: {n_events:,} 'dns' events committed in {n_rows:,} "
+          f"rows (repeats in a minute fold into one row), {n_dropped:,} reported dropped "
+          f"(queue overflow), for {sunk:,} sinkholed queries answered by ours+events "
+          f"under dnsperf (+ 1 check)")
     print("\nnotes: dnsperf and the server under test share the cores (see the server and "
           "dnsperf CPU columns), so these are this machine's figures, not a server's "
           "ceiling. ours is one asyncio thread; dnsmasq is single-threaded C; dnslib starts "
