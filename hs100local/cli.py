@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hs100local.blocking import BlockingTransport
     from hs100local.ops import Op, T
     from hs100local.targets import OpenedTarget
@@ -968,18 +970,12 @@ def dns(ctx: click.Context, listen: tuple[str, ...], upstreams: tuple[str, ...],
     """
     if ctx.invoked_subcommand is not None:
         return
-    import asyncio
     import ipaddress
-    import logging
-    import signal
 
     from hs100local.dns.forward import Forwarder, system_upstreams, without_self
     from hs100local.dns.server import DnsServer, RateLimiter
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s: %(message)s",
-    )
+    _log_level(verbose)
     where = [_addr_port(x, 53, "--listen") for x in listen] or [("127.0.0.1", 5353)]
     ups = [_addr_port(x, 53, "--upstream") for x in upstreams] or system_upstreams()
     ups = without_self(ups, where)
@@ -991,24 +987,49 @@ def dns(ctx: click.Context, listen: tuple[str, ...], upstreams: tuple[str, ...],
         raise click.BadParameter(str(exc), param_hint="--allow") from None
     sinkhole = _sinkhole(rules, no_default_rules, ttl)
 
+    def make(events: Any) -> DnsServer:
+        return DnsServer(sinkhole, Forwarder(ups), where, allow=nets, events=events,
+                         limiter=RateLimiter(rate_limit, 2 * rate_limit))
+
+    def banner(server: DnsServer) -> str:
+        return (f"DNS on {', '.join(f'{h}:{p}' for h, p in server.bound)} (udp+tcp); "
+                f"sinkholing {len(sinkhole.rules)} names; forwarding to "
+                f"{', '.join(f'{h}:{p}' for h, p in ups)}; answering "
+                f"{', '.join(map(str, server.allow))}; Ctrl-C stops")
+
+    _run_service(make, banner, db=db, no_events=no_events)
+
+
+def _log_level(verbose: int) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+
+
+def _run_service(make: Callable[[Any], Any], banner: Callable[[Any], str], *,
+                 db: str | None, no_events: bool) -> None:
+    """Start ``make(events)`` (an object with async start/close), print ``banner``, and
+    run until SIGTERM/SIGINT; then close it and flush the event store."""
+    import asyncio
+    import signal
+
     async def serve() -> None:
         events = None
         if not no_events:
             from hs100local.events import EventStore
 
             events = EventStore(db)
-        server = DnsServer(sinkhole, Forwarder(ups), where, allow=nets, events=events,
-                           limiter=RateLimiter(rate_limit, 2 * rate_limit))
+        server = make(events)
         try:
             await server.start()
         except OSError as exc:
             if events is not None:
                 events.close()
             raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
-        click.echo(f"DNS on {', '.join(f'{h}:{p}' for h, p in server.bound)} (udp+tcp); "
-                   f"sinkholing {len(sinkhole.rules)} names; forwarding to "
-                   f"{', '.join(f'{h}:{p}' for h, p in ups)}; answering "
-                   f"{', '.join(map(str, server.allow))}; Ctrl-C stops")
+        click.echo(banner(server))
         sys.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -1107,6 +1128,72 @@ def dns_check(name: str, qtype: str, server: str | None, rules: tuple[str, ...],
     click.echo(f"{fqdn} {qtype}: {rcode}")
     for r in records:
         click.echo(f"  {r['name']} {r['ttl']} {r['type']} {r['data']}")
+
+
+# -------------------------------------------------------------------- NTP
+
+
+@cli.command()
+@click.option("--listen", "listen", multiple=True, metavar="ADDR:PORT",
+              help="Where to answer (repeatable; default 127.0.0.1:1123). Plugs ask port "
+                   "123 of the address our DNS gives for NTP names.")
+@click.option("--stratum", type=click.IntRange(1, 15), default=3, show_default=True,
+              help="Stratum to announce while the host clock is synchronised.")
+@click.option("--assume-synced", is_flag=True,
+              help="Answer as synchronised even if the kernel says the clock is not (no NTP "
+                   "daemon on this host, but its clock is known good).")
+@click.option("--ref-id", default=None, metavar="ID",
+              help="Reference ID: IPv4 address or up to 4 characters (default 127.127.1.1, "
+                   "LOCL at stratum 1).")
+@click.option("--rate-limit", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Requests per second per client (bursts of 8, or twice the rate); over it "
+                   "a RATE kiss-o'-death. 0 = no limit.")
+@click.option("--db", metavar="PATH", default=None,
+              help="Event database (default: the inventory's, env HS100LOCAL_DB).")
+@click.option("--no-events", is_flag=True, help="Do not record requests.")
+@click.option("-v", "--verbose", count=True, help="Log (-v) and debug (-vv).")
+def ntp(listen: tuple[str, ...], stratum: int, assume_synced: bool, ref_id: str | None,
+        rate_limit: float, db: str | None, no_events: bool, verbose: int) -> None:
+    """Run the SNTP server plugs get their time from (RFC 4330/5905).
+
+    Leap indicator and stratum follow the kernel's clock state (ntp_adjtime): while
+    the host clock is not synchronised it answers LI 3 / stratum 16, which clients
+    ignore, unless --assume-synced. Modes 6/7 and short packets are never answered.
+    Every answered request is recorded with the client's own clock reading.
+
+    \b
+    Examples:
+      hs100local ntp --listen 192.168.1.2:123
+      hs100local ntp --listen 127.0.0.1:1123 --assume-synced
+    """
+    from hs100local.ntp.clock import ClockState
+    from hs100local.ntp.server import NtpServer
+    from hs100local.ratelimit import RateLimiter
+
+    _log_level(verbose)
+    where = [_addr_port(x, 123, "--listen") for x in listen] or [("127.0.0.1", 1123)]
+    try:
+        clock = ClockState(stratum=stratum, assume_synced=assume_synced, ref_id=ref_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ref-id") from None
+
+    def make(events: Any) -> NtpServer:
+        return NtpServer(where, clock=clock, events=events,
+                         limiter=RateLimiter(rate_limit, max(8.0, 2 * rate_limit)))
+
+    def banner(server: NtpServer) -> str:
+        kernel = clock.kernel
+        if kernel.synced:
+            state = f"host clock synchronised (max error {kernel.max_error * 1000:.0f} ms)"
+        elif assume_synced:
+            state = "host clock assumed synchronised (--assume-synced)"
+        else:
+            state = ("host clock NOT synchronised: answering stratum 16, which clients "
+                     "ignore (run an NTP daemon, or --assume-synced)")
+        return (f"NTP on {', '.join(f'{h}:{p}' for h, p in server.bound)} (udp); stratum "
+                f"{clock.current().stratum}; {state}; Ctrl-C stops")
+
+    _run_service(make, banner, db=db, no_events=no_events)
 
 
 # --------------------------------------------------------------- emulator

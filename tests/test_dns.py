@@ -7,7 +7,6 @@ dnspython as clients no one here wrote.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
 import socket
@@ -16,7 +15,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import dns.flags
 import dns.message
@@ -24,6 +22,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from servicekit import LoopThread, Sink
 
 from hs100local.dns import wire
 from hs100local.dns.forward import Forwarder
@@ -69,34 +68,8 @@ def dnsmasq() -> Iterator[int]:
         proc.wait(5)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
-        self.counts: dict[tuple[str, str, str | None], int] = {}
-
-    def record(self, kind: str, client: str | None, details: dict[str, Any]) -> None:
-        self.events.append((kind, client, details))
-
-    def count(self, kind: str, key: str, n: int = 1, *, client: str | None = None) -> None:
-        self.counts[(kind, key, client)] = self.counts.get((kind, key, client), 0) + n
-
-
-class Running:
+class Running(LoopThread):
     """A DnsServer on its own loop in a thread; ``port`` for UDP and TCP."""
-
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(server.start(), self.loop).result(10)
-        self.port = server.bound[0][1]
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
     def ask(self, name: str, qtype: str = "A", *, tcp: bool = False,
             timeout: float = 3) -> dns.message.Message:

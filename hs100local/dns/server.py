@@ -16,7 +16,6 @@ import ipaddress
 import logging
 import socket
 import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +26,9 @@ from hs100local.dns import answers, wire
 from hs100local.dns.forward import Forwarder, question_end
 from hs100local.dns.rules import Sinkhole, normalize_name
 from hs100local.errors import TargetError
+from hs100local.ratelimit import RateLimiter
+
+__all__ = ["DnsServer", "Forward", "RateLimiter", "default_allow"]
 
 log = logging.getLogger("hs100local.dns")
 
@@ -49,30 +51,6 @@ def _type_name(qtype: int) -> str:
     if name is None:
         name = _TYPE_NAMES[qtype] = str(QTYPE[qtype])
     return name
-
-
-class RateLimiter:
-    """Token bucket per client address: ``rate`` queries/s, bursts of ``burst``."""
-
-    def __init__(self, rate: float = 200.0, burst: float = 400.0, max_clients: int = 10_000):
-        self.rate = rate
-        self.burst = burst
-        self.max_clients = max_clients
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, client: str, now: float | None = None) -> bool:
-        if self.rate <= 0:
-            return True
-        now = time.monotonic() if now is None else now
-        tokens, last = self.buckets.get(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self.buckets) >= self.max_clients and client not in self.buckets:
-            self.buckets.clear()  # crude but bounded: start over rather than grow
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            return False
-        self.buckets[client] = (tokens - 1, now)
-        return True
 
 
 @dataclass
