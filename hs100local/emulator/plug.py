@@ -9,6 +9,14 @@ Choices where no capture tells the real behaviour (documented in the README):
 a ``context.child_ids`` naming no outlet answers ``-3``; ``emeter`` on a strip
 without a context answers the sum over all outlets; ``cnCloud.bind`` fails with
 ``-7`` because the emulator has no cloud to reach.
+
+Clock: a real plug has no battery-backed clock. After :meth:`EmulatedPlug.power_cycle`
+(or when built with a ``clock_start`` before 2001) its clock runs from 2000-01-01 and
+it is *not synced* until ``set_time``/``set_timezone`` succeeds; meanwhile the rule
+modules answer ``-11 "time not sync"``. A capture (tplink-smarthome-api issue #91,
+HS100(EU) fw 1.1.0) shows that answer for ``schedule.get_next_action``; plug-facts
+says schedules and countdowns fail, so ``add_rule`` and ``edit_rule`` of the schedule
+and countdown modules answer it too (which methods exactly is an inference).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -30,12 +39,19 @@ METHOD_NOT_SUPPORTED = {"err_code": -2, "err_msg": "member not support"}
 INVALID_ARGUMENT = {"err_code": -3, "err_msg": "invalid argument"}
 NOT_BOUND = {"err_code": -8, "err_msg": "not bind yet"}
 CLOUD_OFFLINE = {"err_code": -7, "err_msg": "cloud connection failed"}
+TIME_NOT_SYNCED = {"err_code": -11, "err_msg": "time not sync"}
 
 DEFAULT_ACCESS_POINTS = (
     {"ssid": "hs100local-lab", "key_type": 3, "rssi": -41},
     {"ssid": "neighbours-guest", "key_type": 0, "rssi": -77},
 )
 FACTORY_TZ_INDEX = 6  # US Pacific, the factory default
+#: what the clock reads after a power cut (local time in the plug's zone)
+POWER_ON_CLOCK = datetime(2000, 1, 1)
+#: a clock before this year was never set (firmware range for set_time starts at 2000)
+SYNCED_FROM_YEAR = 2001
+#: rule methods that need a set clock (see the module docstring)
+_NEED_TIME = ("add_rule", "edit_rule", "get_next_action")
 _SLOT_INDICES = frozenset(f"{i:02d}" for i in range(100)) | frozenset(str(i) for i in range(10))
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
@@ -137,7 +153,12 @@ class EmulatedPlug:
         clock: Callable[[], float] = time.time,
         bound_user: str | None = None,
         access_points: tuple[dict[str, Any], ...] = DEFAULT_ACCESS_POINTS,
+        clock_start: datetime | None = None,
     ) -> None:
+        """``clock``: the host clock the plug's clocks run on (injectable for tests).
+        ``clock_start``: what the plug's wall clock reads now (naive = local time in
+        zone ``tz_index``, as the firmware keeps it); None = this host's time. Before
+        2001 it counts as never set, like a plug after a power cut."""
         self.spec = spec
         self.clock = clock
         if mac is None:
@@ -152,9 +173,18 @@ class EmulatedPlug:
         self.load_w = load_w
         self.boot_time = clock()
         self.reboot_count = 0
+        self.power_cycles = 0
         #: called with the delay in seconds when the plug is told to reboot
         self.on_reboot: Callable[[float], None] | None = None
+        #: test hook: (module, method) pairs answered ``-2 "member not support"``, as
+        #: firmware that lacks or refuses a method does
+        self.refused: set[tuple[str, str]] = set()
+        #: how often each known (module, method) was asked for, refused ones included
+        #: (unknown names are not counted, so a hostile client cannot grow this)
+        self.calls: Counter[tuple[str, str]] = Counter()
         self._factory_state(tz_index, bound_user)
+        if clock_start is not None:
+            self._start_clock_at(clock_start)
 
     # ------------------------------------------------------------------ state
     def _factory_state(self, tz_index: int, bound_user: str | None) -> None:
@@ -164,7 +194,8 @@ class EmulatedPlug:
         self.latitude = 0.0
         self.longitude = 0.0
         self.tz_index = tz_index
-        self.clock_offset = 0.0
+        self.clock_offset = 0.0  # wall clock minus host clock, in seconds
+        self.time_synced = True  # the host's clock is a set clock
         self.cloud = {
             "username": bound_user or "",
             "server": "n-devs.tplinkcloud.com",
@@ -204,6 +235,17 @@ class EmulatedPlug:
 
         return datetime.fromtimestamp(self.clock() + self.clock_offset, zoneinfo_for(self.tz_index))
 
+    def _start_clock_at(self, start: datetime) -> None:
+        """Make the wall clock read ``start`` now (naive = local in the plug's zone)."""
+        from hs100local.timezones import zoneinfo_for
+
+        local = start.astimezone(zoneinfo_for(self.tz_index)) if start.tzinfo else start
+        if not POWER_ON_CLOCK.year <= local.year <= 2099:
+            raise ValueError(f"clock start {start.isoformat()} is outside 2000..2099")
+        moment = start if start.tzinfo else start.replace(tzinfo=zoneinfo_for(self.tz_index))
+        self.clock_offset = moment.timestamp() - self.clock()
+        self.time_synced = local.year >= SYNCED_FROM_YEAR
+
     def _sample_energy(self) -> None:
         now = self.clock()
         today = self.plug_now()
@@ -226,7 +268,9 @@ class EmulatedPlug:
             answers: dict[str, Any] = {}
             for method, params in methods.items():
                 handler = table.get(method)
-                if handler is None:
+                if handler is not None:
+                    self.calls[(module, method)] += 1
+                if handler is None or (module, method) in self.refused:
                     answers[method] = dict(METHOD_NOT_SUPPORTED)
                 elif context_error or not isinstance(params, dict | type(None)):
                     answers[method] = dict(INVALID_ARGUMENT)
@@ -316,6 +360,9 @@ class EmulatedPlug:
         table = {name: getattr(rules, name) for name in names}
         if module != "anti_theft":
             table["get_next_action"] = rules.get_next_action
+            if not self.time_synced:
+                for name in _NEED_TIME:
+                    table[name] = _time_not_synced
         return table
 
     # ----------------------------------------------------------------- system
@@ -415,6 +462,16 @@ class EmulatedPlug:
             if relay.on:
                 relay.on_since = now
 
+    def power_cycle(self) -> None:
+        """A power cut and restart: no battery-backed clock, so the wall clock starts
+        again at 2000-01-01 00:00 local and is not synced; uptime and on-times restart.
+        Relay states and settings (alias, zone, rules, cloud, Wi-Fi) are in flash and
+        survive. Network effects (dropped connections) are the server's business."""
+        self._sample_energy()  # credit the energy used so far to the day it was used
+        self.power_cycles += 1
+        self.rebooted()
+        self._start_clock_at(POWER_ON_CLOCK)
+
     def reset(self, params: Params) -> Result:
         delay = _require_int(params, "delay", 0, 65535) if "delay" in params else 1
         self._factory_state(FACTORY_TZ_INDEX, None)
@@ -474,8 +531,11 @@ class EmulatedPlug:
         self._sample_energy()
         self.tz_index = tz_index
         self.clock_offset = local.timestamp() - self.clock()
+        self.time_synced = True
 
     def set_time(self, params: Params) -> Result:
+        if self.spec.set_time_refused:
+            return dict(INVALID_ARGUMENT)
         self._set_wall_clock(params, self.tz_index)
         return {}
 
@@ -578,6 +638,11 @@ class EmulatedPlug:
             meter.energy_wh = 0.0
             meter.day_wh.clear()
         return {}
+
+
+def _time_not_synced(params: Params) -> Result:
+    """What the rule methods answer while the clock has not been set."""
+    return dict(TIME_NOT_SYNCED)
 
 
 def _targeted(handler: Callable[[Params, list[int] | None], Result]) -> Callable[..., Result]:

@@ -188,6 +188,13 @@ class EmulatorServer:
         for session in list(self.sessions):
             session.close()
 
+    def power_cycle(self) -> None:
+        """Cut the power and restore it at once: open connections die with the plug,
+        and it comes back with its clock at 2000-01-01 (:meth:`EmulatedPlug.power_cycle`).
+        Call on the server's loop (``EmulatorThread.power_cycle`` does)."""
+        self.drop_connections()
+        self.plug.power_cycle()
+
     def _schedule_reboot(self, delay: float) -> None:
         """Like the firmware: answer, then after ``delay`` go away and come back."""
         loop = asyncio.get_running_loop()
@@ -241,6 +248,15 @@ class EmulatorThread:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def plug(self) -> EmulatedPlug:
+        """The emulated plug's state; change it through :meth:`call` (not thread-safe)."""
+        return self.server.plug
+
+    def power_cycle(self) -> None:
+        """Cut the plug's power and restore it (see :meth:`EmulatorServer.power_cycle`)."""
+        self.call(self.server.power_cycle)
 
     def __enter__(self) -> EmulatorThread:
         self._thread.start()
