@@ -18,6 +18,7 @@ from hs100local.errors import DeviceError, ProtocolError, TargetError
 from hs100local.protocol import Reply, Request, build_request, merge_requests, method_result
 from hs100local.results import (
     AccessPoint,
+    ClockSet,
     CloudInfo,
     EmeterReading,
     EnergyEntry,
@@ -336,3 +337,57 @@ def countdown_rules(child: str | None = None) -> Op[list[dict[str, Any]]]:
     if errors:
         raise errors[-1]
     raise ProtocolError("reply has neither count_down nor countdown")
+
+
+# --------------------------------------------------------------- time keeping
+
+
+def time_status() -> Op[tuple[SysInfo, PlugTime]]:
+    """Sysinfo, clock and zone in one round trip (the plug answers merged requests).
+
+    What a periodic clock check needs at once: the MAC (is this still the plug the
+    inventory means?), relay ``on_time`` (did it restart?) and the clock itself.
+    """
+    reply = yield merge_requests(
+        build_request("system", "get_sysinfo"),
+        build_request("time", "get_time"),
+        build_request("time", "get_timezone"),
+    )
+    info = SysInfo.from_dict(method_result(reply, "system", "get_sysinfo"))
+    t = method_result(reply, "time", "get_time")
+    try:
+        tz: dict[str, Any] | None = method_result(reply, "time", "get_timezone")
+    except DeviceError:
+        tz = None  # some firmware lacks get_timezone; the clock is still useful
+    return info, PlugTime.from_dicts(t, tz)
+
+
+def _whole_second(when: datetime) -> datetime:
+    """Round to the nearest second: the plug only takes whole seconds."""
+    return (when + timedelta(microseconds=500_000)).replace(microsecond=0)
+
+
+def correct_clock(
+    tz_index: int, keep_index: int, now: Callable[[int], datetime]
+) -> Op[ClockSet]:
+    """Set the clock to ``now(tz_index)`` with ``set_timezone`` (full date + zone).
+
+    If the firmware refuses that, ``set_time`` with ``now(keep_index)``: the local
+    time in the zone the plug keeps. Unlike :func:`set_clock` this falls back even
+    when the zones differ, because a right clock in the old zone beats a clock left
+    at 2000 (schedules answer -11 until the clock is set). When both are refused,
+    ``set_time``'s :class:`DeviceError` is raised with ``set_timezone``'s as its
+    ``__cause__``. Reading the clock back is the caller's step.
+    """
+    sent = _whole_second(now(tz_index))
+    try:
+        yield from call("time", "set_timezone", {"index": tz_index, **_time_params(sent)})
+        return ClockSet("set_timezone", tz_index, sent.isoformat())
+    except DeviceError as exc:
+        first = exc
+    sent = _whole_second(now(keep_index))
+    try:
+        yield from call("time", "set_time", _time_params(sent))
+    except DeviceError as exc:
+        raise exc from first
+    return ClockSet("set_time", keep_index, sent.isoformat(), str(first))

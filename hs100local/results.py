@@ -433,3 +433,21 @@ class DiscoveredPlug:
             "via": self.via,
             "note": self.note,
         }
+
+
+@dataclass(frozen=True)
+class ClockSet:
+    """How :func:`hs100local.ops.correct_clock` set a plug's clock."""
+
+    method: str  # "set_timezone" or "set_time"
+    tz_index: int  # the zone in effect: the one asked for, or the one the plug kept
+    sent: str  # the local time sent, ISO 8601 without zone
+    refused: str | None = None  # set_timezone's error when set_time had to be used
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "tz_index": self.tz_index,
+            "sent": self.sent,
+            "refused": self.refused,
+        }
