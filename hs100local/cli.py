@@ -406,11 +406,24 @@ def time(ctx: click.Context) -> None:
 @common
 @_tz_options[0]
 @_tz_options[1]
-def time_sync(tz_index: int | None, zone_name: str | None) -> None:
-    """Set the plug to this host's time and zone, read it back, report the offset."""
+@click.option("--all", "every", is_flag=True,
+              help="Every plug of the inventory: check each clock, set only the wrong ones.")
+@click.option("--threshold", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="With --all: seconds a clock may be off before it is set.")
+def time_sync(tz_index: int | None, zone_name: str | None, every: bool, threshold: float) -> None:
+    """Set the plug to this host's time and zone, read it back, report the offset.
+
+    With --all, the time keeper checks every plug in the inventory concurrently and
+    sets those whose clock was lost (year 2000 after a power cut), is off by more
+    than --threshold, or is in another zone; each action is recorded as a "time"
+    event. Exit 1 if a plug refused to be set, 3 if one could not be reached.
+    """
     from hs100local import ops
     from hs100local.device import host_now
 
+    if every:
+        _time_sync_all(tz_index, zone_name, threshold)
+        return
     index = _tz_index(tz_index, zone_name)
     result = settings().run(ops.sync_time(index, host_now))
     emit(
@@ -419,6 +432,48 @@ def time_sync(tz_index: int | None, zone_name: str | None) -> None:
         f"read back {result.read_back.isoformat().replace('T', ' ')}, "
         f"offset {result.offset_s:+.1f} s",
     )
+
+
+def _time_sync_all(tz_index: int | None, zone_name: str | None, threshold: float) -> None:
+    import asyncio
+
+    from hs100local.events import EventStore
+    from hs100local.timekeeper import TimeKeeper
+
+    s = settings()
+    if s.host is not None:
+        raise click.UsageError("--all works on the inventory; leave out -H")
+    default = None if tz_index is None and zone_name is None else _tz_index(tz_index, zone_name)
+
+    async def one_pass() -> list[Any]:
+        inventory = _open_inventory(create=False)  # sqlite: opened on the loop's thread
+        if inventory is None:
+            return []
+        with inventory, EventStore(inventory.path) as events:
+            keeper = TimeKeeper(inventory, events=events, threshold=threshold,
+                                default_zone=default,
+                                timeout=s.timeout if s.timeout is not None else 3.0)
+            return await keeper.run_once()
+
+    checks = asyncio.run(one_pass())
+    header = ("ALIAS", "HOST", "STATUS", "WHY", "OFFSET", "METHOD / NOTE")
+    rows = []
+    for c in checks:
+        before = "-" if c.offset_before_s is None else f"{c.offset_before_s:+.1f} s"
+        if c.offset_after_s is not None:
+            before += f" -> {c.offset_after_s:+.1f} s"
+        note = " ".join(x for x in (c.method, c.error) if x) or "-"
+        rows.append((one_line(c.alias) or "-", _address(c), c.status,
+                     ",".join(c.reasons) or "-", before, one_line(note)))
+    emit([c.as_dict() for c in checks],
+         _table(header, rows) if checks else
+         ["No plugs recorded yet: run 'hs100local discover'."])
+    failed = {status: sum(c.status == status for c in checks)
+              for status in ("unreachable", "refused")}
+    if any(failed.values()):
+        click.echo("hs100local: " + ", ".join(f"{n} plug(s) {status}"
+                                              for status, n in failed.items() if n), err=True)
+        sys.exit(3 if failed["unreachable"] else 1)
 
 
 @time.command("set")
@@ -1223,10 +1278,15 @@ def _model_names() -> list[str]:
                    "discovery probe on UDP 20002/20004 (--port is ignored).")
 @click.option("--sw-ver", default=None, metavar="VERSION",
               help="Firmware version to report (default: the model's).")
+@click.option("--clock-start", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              default=None, metavar="YYYY-MM-DD[THH:MM:SS]",
+              help="Start the plug's clock here (local time in its zone) instead of at "
+                   "this host's time; before 2001 it is unsynchronised like a plug after a "
+                   "power cut (rules answer -11 until the clock is set).")
 @click.option("-v", "--verbose", count=True, help="Log requests (-v) and protocol errors.")
 def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None,
             load_w: float, tz_index: int, udp: bool, protocol: str, sw_ver: str | None,
-            verbose: int) -> None:
+            clock_start: Any, verbose: int) -> None:
     """Run an emulated plug (a test double and a demo without hardware)."""
     import asyncio
     import logging
@@ -1260,7 +1320,7 @@ def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None
             what = f"{device.spec.model} hw {device.hw_ver} KLAP firmware ({device.mac})"
         else:
             plug = EmulatedPlug(spec, alias=alias, mac=mac, load_w=load_w,
-                                tz_index=tz_index)
+                                tz_index=tz_index, clock_start=clock_start)
             server = EmulatorServer(plug, bind, port, udp=udp)
             what = f"{plug.spec.model} hw {plug.spec.hw_ver} {plug.alias!r} ({plug.mac})"
     except ValueError as exc:
