@@ -422,3 +422,14 @@ def test_ntpdig_is_told_to_go_away_when_over_the_rate(ntp_lab):
                         check=False)
     assert "s3 no-leap" in result.stdout  # the burst's first samples were answered
     assert "probable KOD packet" in result.stderr, (result.stdout, result.stderr)
+
+
+def test_iso_utc_across_second_boundaries_and_back():
+    from hs100local.ntp.server import iso_utc
+
+    base = Y2000 * NS
+    assert iso_utc(base + 5_250_000_000) == "2000-01-01T00:00:05.250Z"
+    assert iso_utc(base + 5_999_999_999) == "2000-01-01T00:00:05.999Z"  # same second, cached
+    assert iso_utc(base + 6_000_000_000) == "2000-01-01T00:00:06.000Z"
+    assert iso_utc(base + 5_001_000_000) == "2000-01-01T00:00:05.001Z"  # back again
+    assert iso_utc(1_795_500_000 * NS) == "2026-11-24T06:00:00.000Z"

@@ -59,10 +59,21 @@ class NtpStats:
     errors: int = 0  # internal errors and failed sends
 
 
+_iso_second: tuple[int, str] = (-1, "")  # the last second formatted (requests cluster)
+
+
 def iso_utc(unix_ns: int) -> str:
-    """``2000-01-01T00:00:05.250Z``; for the event's "what the client believes"."""
+    """``2000-01-01T00:00:05.250Z``; for the event's "what the client believes".
+
+    The formatted second is reused while requests keep coming within it (strftime was
+    a third of the cost of recording an event under load)."""
+    global _iso_second
     seconds, ns = divmod(unix_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1_000_000:03d}Z"
+    cached, text = _iso_second
+    if cached != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _iso_second = (seconds, text)
+    return f"{text}.{ns // 1_000_000:03d}Z"
 
 
 class NtpServer:
