@@ -64,7 +64,14 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rcode
-from servers import start_server  # this folder (a script's folder is on sys.path)
+from servers import (  # this folder (on sys.path)
+    cpu_model,
+    fmt_int,
+    met,
+    start_server,
+    stop,
+    version,
+)
 
 BINDIR = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -210,20 +217,6 @@ def start_ready(cmd: list[str], procs: list[subprocess.Popen], env: dict[str, st
     return start_server(cmd, timeout, env=env, procs=procs)
 
 
-def stop(proc: subprocess.Popen, wait: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``wait`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            print(f"  pid {proc.pid} did not stop within {wait:g} s of SIGTERM: killed")
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
 def proc_usage(pid: int) -> tuple[float, int]:
     """CPU seconds (user + system, all threads) and minor page faults of a process."""
     with open(f"/proc/{pid}/stat") as f:
@@ -313,36 +306,6 @@ def event_counts(db: Path) -> tuple[int, int, int]:
     finally:
         conn.close()
     return rows, n, dropped
-
-
-def version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                             stdin=subprocess.DEVNULL, timeout=10)
-    except OSError:
-        return "?"
-    text = out.stdout + out.stderr
-    match = re.search(r"[Vv]ersion\s+([\d.]+)", text)
-    return match.group(1) if match else "?"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def fmt_int(x: float) -> str:
-    return "-" if x != x else f"{x:,.0f}"
-
-
-def met(ok: bool) -> str:
-    return "MET" if ok else "NOT met"
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""Start and stop the servers the benchmarks measure (shared by the bench scripts)."""
+"""Start and stop the servers the benchmarks measure, and the small reporting helpers
+the bench scripts share (versions, CPU model, number formats)."""
 
 from __future__ import annotations
 
+import platform
 import re
 import selectors
 import signal
@@ -56,3 +58,48 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
                 proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+def stop(proc: subprocess.Popen, wait: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``wait`` seconds (a server that flushes on SIGTERM
+    gets the time to do so)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            print(f"  pid {proc.pid} did not stop within {wait:g} s of SIGTERM: killed")
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def version(cmd: list[str], pattern: str = r"[Vv]ersion\s+([\d.]+)") -> str:
+    """The version a tool prints (``pattern``'s first group), or "?"."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                             stdin=subprocess.DEVNULL, timeout=10)
+    except OSError:
+        return "?"
+    match = re.search(pattern, out.stdout + out.stderr)
+    return match.group(1) if match else "?"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def fmt_int(x: float) -> str:
+    return "-" if x != x else f"{x:,.0f}"
+
+
+def met(ok: bool) -> str:
+    return "MET" if ok else "NOT met"
