@@ -55,6 +55,8 @@ log = logging.getLogger("hs100local.events")
 
 #: seconds between the writer's prunes (module level so a test can shorten it)
 PRUNE_INTERVAL = 3600.0
+#: seconds between the writer's checks of the database size against max_db_bytes
+SIZE_CHECK_INTERVAL = 60.0
 #: most events per transaction: keeps the write lock short for other processes
 BATCH_MAX = 5000
 #: kind of the synthetic event that reports events dropped on overflow
@@ -230,17 +232,22 @@ class EventStore:
         flush_interval: float = 0.5,
         max_queue: int = 100_000,
         retention_days: float = 30.0,
+        max_db_bytes: int | None = None,
         timeout: float = 5.0,
     ) -> None:
-        if flush_interval <= 0 or max_queue < 1 or retention_days <= 0 or timeout < 0:
+        if (flush_interval <= 0 or max_queue < 1 or retention_days <= 0 or timeout < 0
+                or (max_db_bytes is not None and max_db_bytes < 65536)):
             raise ValueError(
                 "flush_interval and retention_days must be positive, max_queue at least 1, "
-                "timeout not negative"
+                "max_db_bytes at least 64 KiB, timeout not negative"
             )
         self.path = Path(path) if path is not None else default_db_path()
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.retention_days = retention_days
+        #: cap on the database's used size: the oldest events go first (a flood of
+        #: distinct events must not fill the SD card of a Raspberry Pi)
+        self.max_db_bytes = max_db_bytes
         self.timeout = timeout  # busy timeout of every connection
 
         self._lock = threading.Lock()
@@ -408,6 +415,7 @@ class EventStore:
 
     def _run(self, conn: sqlite3.Connection) -> None:
         next_prune = time.monotonic()  # prune at start: a service restarted often still prunes
+        next_size_check = time.monotonic()
         failing = False
         try:
             while True:
@@ -421,6 +429,13 @@ class EventStore:
                     except sqlite3.Error as exc:
                         log.warning("cannot prune events in %s: %s", self.path, exc)
                         next_prune = time.monotonic() + 60.0
+                if (not failing and self.max_db_bytes is not None
+                        and time.monotonic() >= next_size_check):
+                    next_size_check = time.monotonic() + SIZE_CHECK_INTERVAL
+                    try:
+                        self._trim(conn)
+                    except sqlite3.Error as exc:
+                        log.warning("cannot trim events in %s: %s", self.path, exc)
                 if self._stop.is_set():
                     return
         finally:
@@ -603,6 +618,46 @@ class EventStore:
         """Delete events and counters older than ``retention_days``; returns rows deleted."""
         moment = time.time() if now is None else now
         return self._use("prune", lambda conn: self._prune(conn, moment))
+
+    def trim(self) -> int:
+        """Delete the oldest events (and counters) until the database's used size is
+        within ``max_db_bytes``; returns rows deleted. The writer does this by itself
+        every SIZE_CHECK_INTERVAL. Freed pages are reused, so the file stops growing
+        (it does not shrink: that would need a VACUUM and the write lock for long)."""
+        return self._use("trim", self._trim)
+
+    def _trim(self, conn: sqlite3.Connection) -> int:
+        if self.max_db_bytes is None:
+            return 0
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        deleted = 0
+        for _ in range(50):
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if (pages - free) * page_size <= self.max_db_bytes:
+                break
+            total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            counters = conn.execute("SELECT count(*) FROM event_counts").fetchone()[0]
+            if total == 0 and counters == 0:
+                break  # the rest is the inventory's: not ours to delete
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                deleted += conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+                    (max(100, total // 10),)).rowcount
+                deleted += conn.execute(
+                    "DELETE FROM event_counts WHERE rowid IN (SELECT rowid FROM event_counts"
+                    " ORDER BY minute LIMIT ?)", (max(100, counters // 10),)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        if deleted:
+            log.warning("event store %s over %d bytes: deleted the %d oldest rows",
+                        self.path, self.max_db_bytes, deleted)
+        return deleted
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> int:
         cutoff = now - self.retention_days * 86400.0

@@ -179,19 +179,27 @@ class TimeKeeper:
         self.now = now
         self._zone_by_mac: dict[str, int] = {}
         self._zone_by_alias: dict[str, int] = {}
-        for key, index in (zones or {}).items():
-            if isinstance(index, bool) or index not in _ZONES:
-                raise ValueError(f"zone index {index!r} for {key!r} is not in 0..109")
-            mac = normalize_mac(key)
-            if mac is not None:
-                self._zone_by_mac[mac] = index
-            else:
-                self._zone_by_alias[key.strip().casefold()] = index
+        self.set_zones(zones or {})
         self._seen: dict[str, Relays] = {}  # MAC -> relays at the last answer
         self._refused: dict[str, tuple[float, str]] = {}  # MAC -> (retry at, why)
         self._zone_refused: dict[str, str] = {}  # MAC -> why set_timezone was refused
         #: the checks of the last finished pass (for a daemon's status page)
         self.last: list[TimeCheck] = []
+
+    def set_zones(self, zones: Mapping[str, int]) -> None:
+        """Replace the per-plug zone overrides (``serve`` does on SIGHUP); checked first,
+        so a bad mapping leaves the old one in place."""
+        by_mac: dict[str, int] = {}
+        by_alias: dict[str, int] = {}
+        for key, index in zones.items():
+            if isinstance(index, bool) or index not in _ZONES:
+                raise ValueError(f"zone index {index!r} for {key!r} is not in 0..109")
+            mac = normalize_mac(key)
+            if mac is not None:
+                by_mac[mac] = index
+            else:
+                by_alias[key.strip().casefold()] = index
+        self._zone_by_mac, self._zone_by_alias = by_mac, by_alias
 
     # ------------------------------------------------------------------ passes
 

@@ -535,3 +535,25 @@ def test_overflow_counts_every_folded_event_it_drops(tmp_path):
     assert sum(e.count for e in kept) + dropped == 17
     assert dropped >= 7 and "first" not in [e.details.get("name") for e in kept]
     assert sum(r.details["dropped"] for r in reports) == dropped
+
+
+def test_size_cap_deletes_the_oldest_events_first(tmp_path):
+    cap = 256 * 1024
+    with EventStore(tmp_path / "ev.db", max_db_bytes=cap) as store:
+        for i in range(6000):
+            store.record("tls", f"10.0.{i // 250}.{i % 250}", {"i": i, "pad": "x" * 200})
+        store.flush()
+        assert store.trim() > 0
+        conn = sqlite3.connect(tmp_path / "ev.db")
+        try:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            conn.close()
+        assert (pages - free) * size <= cap
+        kept = [e.details["i"] for e in store.events()]
+        assert kept and kept == list(range(6000 - len(kept), 6000))  # the newest survive
+        assert store.trim() == 0  # within the cap now
+    with pytest.raises(ValueError):
+        EventStore(tmp_path / "x.db", max_db_bytes=1000)
