@@ -1251,6 +1251,111 @@ def ntp(listen: tuple[str, ...], stratum: int, assume_synced: bool, ref_id: str 
     _run_service(make, banner, db=db, no_events=no_events)
 
 
+# ------------------------------------------------------------------ serve
+
+
+@cli.command()
+@click.option("--config", "config_file", metavar="FILE", default=None,
+              help="TOML file whose keys are these flags' names (examples/hs100local.toml); "
+                   "flags given here override it.")
+@click.option("--dns", "dns_addrs", multiple=True, metavar="ADDR:PORT",
+              help="DNS responder address (repeatable; default 127.0.0.1:5353).")
+@click.option("--ntp", "ntp_addrs", multiple=True, metavar="ADDR:PORT",
+              help="NTP server address (repeatable; default 127.0.0.1:1123).")
+@click.option("--cloud", "cloud_addrs", multiple=True, metavar="ADDR:PORT",
+              help="Cloud (TLS) listener address (repeatable; default 127.0.0.1:8443 and "
+                   ":50443; plugs use 443 and 50443).")
+@click.option("--upstream", "upstreams", multiple=True, metavar="ADDR[:PORT]",
+              help="Upstream DNS server (repeatable; default: /etc/resolv.conf).")
+@click.option("--db", default=None, metavar="PATH",
+              help="Inventory and event database (env HS100LOCAL_DB).")
+@click.option("--assume-synced", is_flag=True, default=None,
+              help="NTP: answer as synchronised even if the kernel says otherwise.")
+@click.option("--no-dns", is_flag=True, help="Leave the DNS responder out.")
+@click.option("--no-ntp", is_flag=True, help="Leave the NTP server out.")
+@click.option("--no-cloud", is_flag=True, help="Leave the cloud listener out.")
+@click.option("--cloud-mode", type=click.Choice(["handshake", "log", "reset"]), default=None,
+              help="After the ClientHello: try the handshake (default), close, or reset.")
+@click.option("--sinkhole", "rules", multiple=True, metavar="NAME[=MODE[:ADDR]]",
+              help="An extra sinkhole rule (repeatable).")
+@click.option("--time-interval", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Time keeper pass every SECONDS (default 300; 0 = off).")
+@click.option("--discover-interval", type=click.FloatRange(min=0), default=None,
+              metavar="SECONDS", help="Discovery every SECONDS (default 3600; 0 = off).")
+@click.option("--user", default=None, help="Drop to this user after binding (when root).")
+@click.option("-v", "--verbose", count=True, help="Debug logging.")
+def serve(config_file: str | None, dns_addrs: tuple[str, ...], ntp_addrs: tuple[str, ...],
+          cloud_addrs: tuple[str, ...], upstreams: tuple[str, ...], db: str | None,
+          assume_synced: bool | None, no_dns: bool, no_ntp: bool, no_cloud: bool,
+          cloud_mode: str | None, rules: tuple[str, ...], time_interval: float | None,
+          discover_interval: float | None, user: str | None, verbose: int) -> None:
+    """Run the cloud-isolation companion: DNS, NTP, cloud listener, time keeper, discovery.
+
+    Without --config it is a demo on unprivileged loopback ports. SIGHUP reloads the
+    config file (sinkhole rules, zones, time threshold); SIGTERM stops after
+    flushing the events. Logs one line per notable event to stderr.
+
+    \b
+    Examples:
+      hs100local serve --config /etc/hs100local.toml
+      hs100local serve --dns 192.168.1.2:53 --ntp 192.168.1.2:123 \\
+          --cloud 192.168.1.2:443 --cloud 192.168.1.2:50443 --upstream 192.168.1.1
+    """
+    import asyncio
+    import logging
+
+    from hs100local import config as cfg
+    from hs100local.serve import run
+
+    flags: dict[str, Any] = {}
+    for key, values, off in (("dns", dns_addrs, no_dns), ("ntp", ntp_addrs, no_ntp),
+                             ("cloud", cloud_addrs, no_cloud)):
+        if off and values:
+            raise click.UsageError(f"--{key} and --no-{key} contradict each other")
+        if off:
+            flags[key] = False
+        elif values:
+            flags[key] = list(values)
+    for key, value in (("upstream", list(upstreams) or None), ("db", db),
+                       ("assume-synced", assume_synced), ("cloud-mode", cloud_mode),
+                       ("sinkhole", list(rules) or None), ("time-interval", time_interval),
+                       ("discover-interval", discover_interval), ("user", user)):
+        if value is not None:
+            flags[key] = value
+
+    def overrides(base: cfg.ServeConfig) -> cfg.ServeConfig:
+        return cfg.from_mapping(flags, "command line", base=base)
+
+    def config_error(exc: Exception) -> click.ClickException:
+        error = click.ClickException(str(exc))  # one line, exit 2 (usage)
+        error.exit_code = 2
+        return error
+
+    try:
+        base = cfg.load(config_file) if config_file else cfg.ServeConfig()
+        config = overrides(base)
+    except cfg.ConfigError as exc:
+        raise config_error(exc) from None
+    level = "debug" if verbose else config.log_level
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(name)s: %(message)s")
+
+    def ready(description: str) -> None:
+        click.echo(f"serving: {description}; Ctrl-C stops")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(run(config, config_path=config_file, overrides=overrides, ready=ready))
+    except KeyboardInterrupt:
+        pass
+    except cfg.ConfigError as exc:
+        raise config_error(exc) from None
+    except OSError as exc:
+        error = click.ClickException(f"cannot listen: {exc.strerror or exc}")
+        error.exit_code = 3
+        raise error from None
+
+
 # --------------------------------------------------------------- emulator
 
 

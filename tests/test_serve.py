@@ -1,0 +1,182 @@
+"""`hs100local serve` as a real process on loopback high ports, driven by real clients."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import ntplib
+import pytest
+
+from hs100local.events import EventStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Serve:
+    """A running `serve` with its stderr collected by a thread (it logs a lot)."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "hs100local", "serve", "--config", str(config),
+             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.lines: list[str] = []
+        self.grew = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        line = self.proc.stdout.readline()
+        assert line.startswith("serving: "), (line, self.stop())
+        self.ports = {name.lower(): int(port) for name, port in
+                      re.findall(r"(DNS|NTP|CLOUD) on 127\.0\.0\.1:(\d+)", line)}
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self.grew:
+                self.lines.append(line)
+                self.grew.notify_all()
+
+    def wait_log(self, pattern: str, timeout: float = 10) -> str:
+        with self.grew:
+            found: list[str] = []
+
+            def seen() -> bool:
+                found[:] = [x for x in self.lines if re.search(pattern, x)]
+                return bool(found)
+
+            assert self.grew.wait_for(seen, timeout), (pattern, "".join(self.lines[-20:]))
+            return found[0]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(15)
+        self.reader.join(5)
+        return code
+
+
+def ask(port: int, name: str, qtype: str = "A") -> dns.message.Message:
+    return dns.query.udp(dns.message.make_query(name, qtype), "127.0.0.1", port=port, timeout=3)
+
+
+def answers(reply: dns.message.Message) -> list[str]:
+    return [item.to_text() for rrset in reply.answer for item in rrset]
+
+
+@pytest.fixture
+def config(tmp_path, dnsmasq_upstream) -> Path:
+    path = tmp_path / "serve.toml"
+    path.write_text(f"""
+dns = "127.0.0.1:0"
+ntp = "127.0.0.1:0"
+cloud = "127.0.0.1:0"
+upstream = "127.0.0.1:{dnsmasq_upstream}"
+db = "{tmp_path / 'serve.db'}"
+assume-synced = true
+sinkhole = ["blocked.test=nxdomain"]
+time-interval = 0
+discover-interval = 0
+""")
+    return path
+
+
+@pytest.fixture
+def dnsmasq_upstream(tmp_path) -> Iterator[int]:
+    """A real resolver (Debian dnsmasq) answering *.fwd.test itself, on a free port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+         f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+         "--address=/fwd.test/198.18.7.7", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+         "--user=root"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                dns.query.udp(dns.message.make_query("a.fwd.test", "A"), "127.0.0.1",
+                              port=port, timeout=0.1)
+                break
+            except Exception:  # not up yet
+                continue
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_serve_answers_dns_and_ntp_records_events_reloads_and_flushes(config, tmp_path):
+    serve = Serve(config)
+    try:
+        dns_port, ntp_port = serve.ports["dns"], serve.ports["ntp"]
+        assert answers(ask(dns_port, "n-devs.tplinkcloud.com")) == ["127.0.0.1"]
+        assert answers(ask(dns_port, "a.fwd.test")) == ["198.18.7.7"]
+        assert ask(dns_port, "x.blocked.test").rcode() == dns.rcode.NXDOMAIN
+        assert answers(ask(dns_port, "pool.ntp.org")) == ["127.0.0.1"]  # -> our NTP
+        response = ntplib.NTPClient().request("127.0.0.1", 4, ntp_port, timeout=3)
+        assert response.stratum == 3 and abs(response.offset) < 0.01
+        serve.wait_log(r"hs100local\.dns: 127\.0\.0\.1 name=n-devs\.tplinkcloud\.com")
+        serve.wait_log(r"hs100local\.ntp: 127\.0\.0\.1 version=4")
+        # a plug-like client at the cloud listener: TLS 1.0, one old suite, no SNI
+        hello = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{serve.ports['cloud']}", "-tls1",
+             "-cipher", "AES128-SHA@SECLEVEL=0"], input="", capture_output=True, text=True,
+            timeout=20)
+        assert "AES128-SHA" in hello.stdout, hello.stdout + hello.stderr
+        serve.wait_log(r"hs100local\.tls: 127\.0\.0\.1 .*ja3_hash=f969abe9c9672188c1c4f850d20c48bd")
+
+        # SIGHUP: a new rule applies without a restart; a broken file is refused.
+        config.write_text(config.read_text().replace("blocked.test=nxdomain",
+                                                     "later.test=null"))
+        serve.proc.send_signal(signal.SIGHUP)
+        serve.wait_log(r"SIGHUP: reloaded")
+        assert answers(ask(dns_port, "x.later.test")) == ["0.0.0.0"]
+        # forwarded now: the upstream's own answer (dnsmasq without upstreams: REFUSED)
+        assert ask(dns_port, "x.blocked.test").rcode() == dns.rcode.REFUSED
+        good = config.read_text()
+        config.write_text(good + "\nttl = -1\n")
+        serve.proc.send_signal(signal.SIGHUP)
+        serve.wait_log(r"SIGHUP: config refused.*key 'ttl'")
+        assert answers(ask(dns_port, "x.later.test")) == ["0.0.0.0"]  # still running as was
+    finally:
+        code = serve.stop()
+    assert code == 0, "".join(serve.lines[-20:])
+    with EventStore(tmp_path / "serve.db") as store:
+        names = {e.details["name"] for e in store.events(kind="dns")}
+        ntp = store.events(kind="ntp")
+        tls = store.events(kind="tls")
+    assert {"n-devs.tplinkcloud.com", "x.blocked.test", "pool.ntp.org",
+            "x.later.test"} <= names
+    assert [e.details["version"] for e in ntp] == [4]
+    assert [(e.details["ja4"], e.details["outcome"]) for e in tls] == [
+        ("t10i020300_a5878986a7c9_23f7d3b00788", "completed")]
+    assert (tmp_path / "tls").is_dir()  # the certificate, generated beside the database
+
+
+def test_serve_refuses_a_port_in_use_with_exit_3(config, tmp_path):
+    import socket
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "hs100local", "serve", "--config", str(config),
+             "--ntp", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30,
+            cwd=REPO, env={**os.environ})
+    finally:
+        taken.close()
+    assert result.returncode == 3, result.stderr
+    assert "cannot listen" in result.stderr and f"127.0.0.1:{port}" in result.stderr
