@@ -640,20 +640,12 @@ class EventStore:
             counters = conn.execute("SELECT count(*) FROM event_counts").fetchone()[0]
             if total == 0 and counters == 0:
                 break  # the rest is the inventory's: not ours to delete
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                deleted += conn.execute(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
-                    (max(100, total // 10),)).rowcount
-                deleted += conn.execute(
-                    "DELETE FROM event_counts WHERE rowid IN (SELECT rowid FROM event_counts"
-                    " ORDER BY minute LIMIT ?)", (max(100, counters // 10),)).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
+            deleted += _deleting(conn, [
+                ("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+                 (max(100, total // 10),)),
+                ("DELETE FROM event_counts WHERE rowid IN (SELECT rowid FROM event_counts"
+                 " ORDER BY minute LIMIT ?)", (max(100, counters // 10),)),
+            ])
         if deleted:
             log.warning("event store %s over %d bytes: deleted the %d oldest rows",
                         self.path, self.max_db_bytes, deleted)
@@ -661,19 +653,8 @@ class EventStore:
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> int:
         cutoff = now - self.retention_days * 86400.0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            deleted = conn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
-            deleted += conn.execute(
-                "DELETE FROM event_counts WHERE minute < ?", (cutoff,)
-            ).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-        return deleted
+        return _deleting(conn, [("DELETE FROM events WHERE at < ?", (cutoff,)),
+                                ("DELETE FROM event_counts WHERE minute < ?", (cutoff,))])
 
     # -- lifetime
 
@@ -708,6 +689,20 @@ class EventStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _deleting(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+    """Run DELETE ``statements`` in one write transaction; returns the rows deleted."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        deleted = sum(conn.execute(sql, args).rowcount for sql, args in statements)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):  # the original error is the one to report
+                conn.execute("ROLLBACK")
+        raise
+    return deleted
 
 
 def _event_from_row(row: sqlite3.Row, path: Path) -> Event:
