@@ -321,11 +321,13 @@ class EventStore:
 
     def record(
         self, kind: str, client: str | None, details: dict[str, Any], *, at: float | None = None
-    ) -> None:
+    ) -> bool:
         """Queue one event; returns at once, the writer commits it within ~flush_interval.
 
         An event identical in kind, client and details to one already recorded in the
-        same minute only adds to that one's count (and moves its ``last``).
+        same minute only adds to that one's count (and moves its ``last``). Returns
+        True when the event starts a row of its own, False when it was folded into one
+        (what ``serve`` logs: the first occurrence in a minute, not every repeat).
         """
         item_at = time.time() if at is None else float(at)
         kind = str(kind)
@@ -345,7 +347,7 @@ class EventStore:
                 if row.state == _CLEAN:
                     row.state = _DIRTY
                     self._dirty.append(row)
-                return
+                return False
             row = _Row(key, item_at, kind, client, frozen, minute)
             self._open[key] = row
             self._pending.append(row)
@@ -356,6 +358,7 @@ class EventStore:
             wake = len(self._pending) == BATCH_MAX
         if wake:
             self._wake.set()
+        return True
 
     def _drop_oldest(self) -> None:
         lost = self._pending.popleft()

@@ -164,6 +164,11 @@ def get_time() -> Op[PlugTime]:
     reply = yield merge_requests(
         build_request("time", "get_time"), build_request("time", "get_timezone")
     )
+    return _plug_time(reply)
+
+
+def _plug_time(reply: Reply) -> PlugTime:
+    """The clock and zone out of a reply to merged get_time + get_timezone."""
     t = method_result(reply, "time", "get_time")
     try:
         tz: dict[str, Any] | None = method_result(reply, "time", "get_timezone")
@@ -354,12 +359,7 @@ def time_status() -> Op[tuple[SysInfo, PlugTime]]:
         build_request("time", "get_timezone"),
     )
     info = SysInfo.from_dict(method_result(reply, "system", "get_sysinfo"))
-    t = method_result(reply, "time", "get_time")
-    try:
-        tz: dict[str, Any] | None = method_result(reply, "time", "get_timezone")
-    except DeviceError:
-        tz = None  # some firmware lacks get_timezone; the clock is still useful
-    return info, PlugTime.from_dicts(t, tz)
+    return info, _plug_time(reply)
 
 
 def _whole_second(when: datetime) -> datetime:

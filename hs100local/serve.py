@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,25 +30,18 @@ log = logging.getLogger("hs100local.serve")
 
 
 class LoggingSink:
-    """An event sink that passes everything to the store and logs one line for the
-    first occurrence of each (kind, client, details) per minute."""
+    """An event sink that passes everything to the store and logs one line when the
+    store starts a new row: the first occurrence of each (kind, client, details) in a
+    minute, since the store folds the repeats."""
 
-    def __init__(self, store: Any, limit: int = 10_000) -> None:
+    def __init__(self, store: Any) -> None:
         self.store = store
-        self.limit = limit
-        self._seen: dict[tuple[str, str | None, str], float] = {}
 
-    def record(self, kind: str, client: str | None, details: dict[str, Any]) -> None:
-        self.store.record(kind, client, details)
-        key = (kind, client, repr(sorted(details.items(), key=lambda kv: kv[0])))
-        minute = time.time() // 60
-        if self._seen.get(key) == minute:
-            return
-        if len(self._seen) >= self.limit:
-            self._seen.clear()
-        self._seen[key] = minute
-        shown = " ".join(f"{k}={v}" for k, v in details.items() if v not in (None, "", []))
-        logging.getLogger(f"hs100local.{kind}").info("%s %s", client or "-", shown)
+    def record(self, kind: str, client: str | None, details: dict[str, Any],
+               *, at: float | None = None) -> None:
+        if self.store.record(kind, client, details, at=at):
+            shown = " ".join(f"{k}={v}" for k, v in details.items() if v not in (None, "", []))
+            logging.getLogger(f"hs100local.{kind}").info("%s %s", client or "-", shown)
 
     def count(self, kind: str, key: str, n: int = 1, *, client: str | None = None) -> None:
         self.store.count(kind, key, n, client=client)

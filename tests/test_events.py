@@ -439,6 +439,13 @@ def test_folding_memory_stays_bounded_under_distinct_events(tmp_path):
         assert len(store.events()) == 5000
 
 
+def test_record_says_whether_it_started_a_row(tmp_path):
+    with EventStore(tmp_path / "ev.db") as store:
+        assert store.record("dns", "10.0.0.1", {"name": "a"}) is True
+        assert store.record("dns", "10.0.0.1", {"name": "a"}) is False  # folded
+        assert store.record("dns", "10.0.0.2", {"name": "a"}) is True
+
+
 def test_plain_details_are_snapshotted_when_recorded(tmp_path):
     with EventStore(tmp_path / "ev.db") as store:
         details = {"name": "a", "n": 1}
