@@ -51,3 +51,73 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` for both UDP and TCP at this moment (dnsmasq binds both)."""
+    import socket
+
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+
+
+def start_dnsmasq(args: list[str], *, probe: str = "fwd.test", tries: int = 5,
+                  workdir: Any = None) -> tuple[Any, int]:
+    """Start Debian's dnsmasq on a free loopback port; return (process, port) once it answers.
+
+    A free port can be taken between choosing it and dnsmasq binding it (by any
+    outgoing connection on the machine), so a dnsmasq that exits before it
+    answers is retried on another port instead of failing the test run.
+    """
+    import shutil
+    import subprocess
+    import time
+
+    import dns.message
+    import dns.query
+
+    exe = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    if not shutil.which(exe):
+        raise RuntimeError("dnsmasq is needed (Debian dnsmasq-base; .ci/run installs it)")
+    last = ""
+    for _ in range(tries):
+        port = free_udp_tcp_port()
+        command = [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll",
+                   f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                   "--log-facility=/dev/null", "--user=root"]
+        if workdir is not None:
+            command.append(f"--pid-file={workdir}/dnsmasq-{port}.pid")
+        proc = subprocess.Popen(command + args, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:  # wait until it answers: a start-up race, not a sleep for luck
+                dns.query.udp(dns.message.make_query(probe, "A"), "127.0.0.1", port=port,
+                              timeout=0.2)
+                return proc, port
+            except Exception:  # not answering yet
+                continue
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        last = (proc.stderr.read() if proc.stderr else "").strip()
+    raise RuntimeError(f"dnsmasq did not start after {tries} tries: {last}")
+
+
+def stop_process(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except Exception:
+        proc.kill()
+        proc.wait(5)
+    if proc.stderr:
+        proc.stderr.close()

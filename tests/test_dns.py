@@ -22,7 +22,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from servicekit import LoopThread, Sink
+from servicekit import LoopThread, Sink, start_dnsmasq, stop_process
 
 from hs100local.dns import wire
 from hs100local.dns.forward import Forwarder
@@ -42,30 +42,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def dnsmasq() -> Iterator[int]:
     """A real resolver as upstream, authoritative for *.fwd.test only."""
-    exe = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    if not shutil.which(exe):
-        pytest.fail("dnsmasq is needed (Debian dnsmasq-base; .ci/run installs it)")
-    port = free_port()
-    proc = subprocess.Popen([
-        exe, "-k", "--no-resolv", "--no-hosts", "--no-poll", f"--port={port}",
-        "--listen-address=127.0.0.1", "--bind-interfaces", "--log-facility=/dev/null",
+    proc, port = start_dnsmasq([
         "--local-ttl=300", "--address=/fwd.test/198.18.7.7", "--address=/fwd.test/::7",
         "--txt-record=fwd.test,hello", "--mx-host=fwd.test,mail.fwd.test,10",
     ])
     try:
-        deadline = time.monotonic() + 10
-        while True:  # wait until it answers (a startup race, not a sleep-for-luck)
-            try:
-                dns.query.udp(dns.message.make_query("fwd.test", "A"), "127.0.0.1", port=port,
-                              timeout=0.2)
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
         yield port
     finally:
-        proc.terminate()
-        proc.wait(5)
+        stop_process(proc)
 
 
 class Running(LoopThread):

@@ -16,6 +16,7 @@ import dns.query
 import dns.rcode
 import ntplib
 import pytest
+from servicekit import start_dnsmasq, stop_process
 
 from hs100local.events import EventStore
 
@@ -93,28 +94,11 @@ discover-interval = 0
 @pytest.fixture
 def dnsmasq_upstream(tmp_path) -> Iterator[int]:
     """A real resolver (Debian dnsmasq) answering *.fwd.test itself, on a free port."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-         f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-         "--address=/fwd.test/198.18.7.7", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
-         "--user=root"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc, port = start_dnsmasq(["--address=/fwd.test/198.18.7.7"], workdir=tmp_path)
     try:
-        for _ in range(100):
-            try:
-                dns.query.udp(dns.message.make_query("a.fwd.test", "A"), "127.0.0.1",
-                              port=port, timeout=0.1)
-                break
-            except Exception:  # not up yet
-                continue
         yield port
     finally:
-        proc.terminate()
-        proc.wait(5)
+        stop_process(proc)
 
 
 def test_serve_answers_dns_and_ntp_records_events_reloads_and_flushes(config, tmp_path):
