@@ -46,3 +46,15 @@ def emulator(start_emulator) -> EmulatorThread:
 @pytest.fixture
 def strip(start_emulator) -> EmulatorThread:
     return start_emulator("hs300")
+
+
+@pytest.fixture
+def dnsmasq_upstream(tmp_path):
+    """A real resolver (Debian dnsmasq) answering *.fwd.test itself, on a free port."""
+    from servicekit import start_dnsmasq, stop_process
+
+    proc, port = start_dnsmasq(["--address=/fwd.test/198.18.7.7"], workdir=tmp_path)
+    try:
+        yield port
+    finally:
+        stop_process(proc)

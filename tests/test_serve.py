@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -16,89 +13,15 @@ import dns.query
 import dns.rcode
 import ntplib
 import pytest
-from servicekit import start_dnsmasq, stop_process
+from servekit import REPO, Serve, answers, ask, write_config
 
 from hs100local.events import EventStore
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class Serve:
-    """A running `serve` with its stderr collected by a thread (it logs a lot)."""
-
-    def __init__(self, config: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "hs100local", "serve", "--config", str(config),
-             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.lines: list[str] = []
-        self.grew = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        line = self.proc.stdout.readline()
-        assert line.startswith("serving: "), (line, self.stop())
-        self.ports = {name.lower(): int(port) for name, port in
-                      re.findall(r"(DNS|NTP|CLOUD) on 127\.0\.0\.1:(\d+)", line)}
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self.grew:
-                self.lines.append(line)
-                self.grew.notify_all()
-
-    def wait_log(self, pattern: str, timeout: float = 10) -> str:
-        with self.grew:
-            found: list[str] = []
-
-            def seen() -> bool:
-                found[:] = [x for x in self.lines if re.search(pattern, x)]
-                return bool(found)
-
-            assert self.grew.wait_for(seen, timeout), (pattern, "".join(self.lines[-20:]))
-            return found[0]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(15)
-        self.reader.join(5)
-        return code
-
-
-def ask(port: int, name: str, qtype: str = "A") -> dns.message.Message:
-    return dns.query.udp(dns.message.make_query(name, qtype), "127.0.0.1", port=port, timeout=3)
-
-
-def answers(reply: dns.message.Message) -> list[str]:
-    return [item.to_text() for rrset in reply.answer for item in rrset]
 
 
 @pytest.fixture
 def config(tmp_path, dnsmasq_upstream) -> Path:
-    path = tmp_path / "serve.toml"
-    path.write_text(f"""
-dns = "127.0.0.1:0"
-ntp = "127.0.0.1:0"
-cloud = "127.0.0.1:0"
-upstream = "127.0.0.1:{dnsmasq_upstream}"
-db = "{tmp_path / 'serve.db'}"
-assume-synced = true
-sinkhole = ["blocked.test=nxdomain"]
-time-interval = 0
-discover-interval = 0
-""")
-    return path
-
-
-@pytest.fixture
-def dnsmasq_upstream(tmp_path) -> Iterator[int]:
-    """A real resolver (Debian dnsmasq) answering *.fwd.test itself, on a free port."""
-    proc, port = start_dnsmasq(["--address=/fwd.test/198.18.7.7"], workdir=tmp_path)
-    try:
-        yield port
-    finally:
-        stop_process(proc)
+    return write_config(tmp_path / "serve.toml", dnsmasq_upstream, tmp_path / "serve.db",
+                        'sinkhole = ["blocked.test=nxdomain"]')
 
 
 def test_serve_answers_dns_and_ntp_records_events_reloads_and_flushes(config, tmp_path):
