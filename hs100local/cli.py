@@ -1494,3 +1494,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("hs100local: interrupted", err=True)
         sys.exit(130)
+
+
+# Reading the event store: events, watch, report (their own module, registered here).
+from hs100local import cli_events  # noqa: E402,F401

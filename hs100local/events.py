@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +72,8 @@ _SCHEMA = (
         client TEXT,
         details TEXT NOT NULL,
         count INTEGER NOT NULL DEFAULT 1,
-        last REAL
+        last REAL,
+        plug TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS events_at ON events (at)",
     "CREATE INDEX IF NOT EXISTS events_kind_at ON events (kind, at)",
@@ -89,8 +90,11 @@ _SCHEMA = (
 )
 
 _INSERT_EVENT = (
-    "INSERT INTO events (at, kind, client, details, count, last) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (at, kind, client, details, count, last, plug)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# After the ALTER TABLEs (an older table has no plug column to index before them).
+_INDEXES_ON_ADDED = ("CREATE INDEX IF NOT EXISTS events_plug_at ON events (plug, at)",)
 _UPDATE_EVENT = "UPDATE events SET count = ?, last = ? WHERE id = ?"
 _UPSERT_COUNT = (
     "INSERT INTO event_counts (minute, kind, client, key, n) VALUES (?, ?, ?, ?, ?)"
@@ -100,6 +104,7 @@ _UPSERT_COUNT = (
 _ADDED_COLUMNS = (
     ("count", "INTEGER NOT NULL DEFAULT 1"),
     ("last", "REAL"),
+    ("plug", "TEXT"),  # MAC of the plug the client address was at (see attribution)
 )
 
 _CountKey = tuple[float, str, str, str]  # (minute, kind, client or '', key)
@@ -123,12 +128,14 @@ class _Row:
     repeats cost the caller a dict lookup instead of a JSON encoding.
     """
 
-    __slots__ = ("at", "client", "details", "key", "kind", "last", "minute", "n", "rowid",
-                 "state")
+    __slots__ = ("at", "client", "details", "key", "kind", "last", "minute", "n", "plug",
+                 "rowid", "state")
 
     def __init__(self, key: tuple[str, str | None, _Frozen], at: float, kind: str,
-                 client: str | None, details: _Frozen, minute: float) -> None:
+                 client: str | None, details: _Frozen, minute: float,
+                 plug: str | None = None) -> None:
         self.key = key
+        self.plug = plug
         self.at = at
         self.kind = kind
         self.client = client
@@ -160,6 +167,8 @@ class Event:
     details: dict[str, Any]
     count: int = 1
     last: float | None = None
+    #: MAC of the plug the client was when recorded (None: not a known plug)
+    plug: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +176,7 @@ class Event:
             "time": _iso(_from_ts(self.at)),
             "kind": self.kind,
             "client": self.client,
+            "plug_mac": self.plug,
             "details": self.details,
             "count": self.count,
             "last": _iso(_from_ts(self.at if self.last is None else self.last)),
@@ -275,6 +285,8 @@ class EventStore:
             for column, declaration in _ADDED_COLUMNS:
                 if column not in have:
                     conn.execute(f"ALTER TABLE events ADD COLUMN {column} {declaration}")
+            for statement in _INDEXES_ON_ADDED:
+                conn.execute(statement)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.close()
@@ -320,7 +332,8 @@ class EventStore:
     # -- hot path
 
     def record(
-        self, kind: str, client: str | None, details: dict[str, Any], *, at: float | None = None
+        self, kind: str, client: str | None, details: dict[str, Any], *,
+        at: float | None = None, plug: str | None = None,
     ) -> bool:
         """Queue one event; returns at once, the writer commits it within ~flush_interval.
 
@@ -328,6 +341,8 @@ class EventStore:
         same minute only adds to that one's count (and moves its ``last``). Returns
         True when the event starts a row of its own, False when it was folded into one
         (what ``serve`` logs: the first occurrence in a minute, not every repeat).
+        ``plug`` is the MAC of the plug ``client`` belongs to, if known; it is not part
+        of what makes events identical (it follows from the client).
         """
         item_at = time.time() if at is None else float(at)
         kind = str(kind)
@@ -348,7 +363,7 @@ class EventStore:
                     row.state = _DIRTY
                     self._dirty.append(row)
                 return False
-            row = _Row(key, item_at, kind, client, frozen, minute)
+            row = _Row(key, item_at, kind, client, frozen, minute, plug)
             self._open[key] = row
             self._pending.append(row)
             if len(self._pending) > self.max_queue:
@@ -556,14 +571,14 @@ class EventStore:
             rowids = []
             for row, n, last in inserts:
                 cursor = conn.execute(_INSERT_EVENT, (row.at, row.kind, row.client,
-                                                      row.details_json(), n, last))
+                                                      row.details_json(), n, last, row.plug))
                 rowids.append(int(cursor.lastrowid or 0))
             conn.executemany(_UPDATE_EVENT, [(n, last, row.rowid) for row, n, last in updates])
             conn.executemany(_UPSERT_COUNT, [(*bucket, n) for bucket, n in counts.items()])
             if drops:
                 now = time.time()
                 conn.execute(_INSERT_EVENT, (now, STORE_KIND, None,
-                                             json.dumps({"dropped": drops}), 1, now))
+                                             json.dumps({"dropped": drops}), 1, now, None))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -575,18 +590,21 @@ class EventStore:
     # -- reading and pruning
 
     def events(
-        self, *, since: float | None = None, kind: str | None = None,
-        client: str | None = None, limit: int | None = None,
+        self, *, since: float | None = None, until: float | None = None,
+        kind: str | Iterable[str] | None = None, client: str | None = None,
+        plug: str | None = None, plug_addresses: Iterable[str] = (),
+        after_id: int | None = None, limit: int | None = None,
     ) -> list[Event]:
         """Committed events, oldest first; ``limit`` keeps the *newest* ``limit`` (what
-        "the last 20 events" means), still returned oldest first."""
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("at >= ?", since), ("kind = ?", kind), ("client = ?", client)):
-            if value is not None:
-                where.append(column)
-                args.append(value)
-        query = newest_query("events", where, args, limit)
+        "the last 20 events" means), still returned oldest first.
+
+        ``kind`` is one kind or several. ``plug`` (a MAC) selects the events attributed
+        to that plug, and with ``plug_addresses`` also the unattributed events of those
+        client addresses (recorded by a service that had no inventory to ask).
+        ``after_id`` selects rows added after that one (what a live tail wants).
+        """
+        query, args = _events_query(since, until, kind, client, plug, plug_addresses,
+                                    after_id, limit)
 
         def fetch(conn: sqlite3.Connection) -> list[Event]:
             return [_event_from_row(row, self.path) for row in conn.execute(query, args)]
@@ -694,6 +712,101 @@ class EventStore:
         self.close()
 
 
+def _events_query(since: float | None, until: float | None,
+                  kind: str | Iterable[str] | None, client: str | None, plug: str | None,
+                  plug_addresses: Iterable[str], after_id: int | None,
+                  limit: int | None) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("at >= ?", since), ("at < ?", until), ("client = ?", client),
+                          ("id > ?", after_id)):
+        if value is not None:
+            where.append(column)
+            args.append(value)
+    if kind is not None:
+        kinds = [kind] if isinstance(kind, str) else list(kind)
+        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        args.extend(kinds)
+    if plug is not None:
+        addresses = list(plug_addresses)
+        if addresses:
+            where.append(f"(plug = ? OR (plug IS NULL AND client IN "
+                         f"({', '.join('?' * len(addresses))})))")
+            args.extend([plug, *addresses])
+        else:
+            where.append("plug = ?")
+            args.append(plug)
+    query = newest_query("events", where, args, limit)
+    return query, args
+
+
+class EventReader:
+    """Reads the events of a database it never writes: ``events``, ``watch`` and
+    ``report`` run as users who may only read the daemon's file, while it writes.
+
+    The connection is read-only (``mode=ro``); a file without an events table yet (an
+    inventory no service wrote to) reads as empty.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 timeout: float = 5.0) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        if not self.path.exists():
+            raise StoreError(f"no event database at {self.path} (has 'hs100local serve' "
+                             f"run with this --db?)")
+        try:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=timeout, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open event store {self.path}: {exc}") from None
+        self._conn.row_factory = sqlite3.Row
+
+    def _has_events(self) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+        ).fetchone() is not None
+
+    def events(
+        self, *, since: float | None = None, until: float | None = None,
+        kind: str | Iterable[str] | None = None, client: str | None = None,
+        plug: str | None = None, plug_addresses: Iterable[str] = (),
+        after_id: int | None = None, limit: int | None = None,
+    ) -> list[Event]:
+        """As :meth:`EventStore.events`."""
+        query, args = _events_query(since, until, kind, client, plug, plug_addresses,
+                                    after_id, limit)
+        try:
+            if not self._has_events():
+                return []
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}
+            missing = [(name, "1" if name == "count" else "NULL")
+                       for name, _ in _ADDED_COLUMNS if name not in columns]
+            if missing:  # an older release's table that no writer has migrated yet
+                extra = ", ".join(f"{value} AS {name}" for name, value in missing)
+                query = query.replace("FROM events", f"FROM (SELECT *, {extra} FROM events)")
+            return [_event_from_row(row, self.path) for row in self._conn.execute(query, args)]
+        except sqlite3.Error as exc:
+            raise StoreError(f"event store {self.path}: cannot read events: {exc}") from None
+
+    def last_id(self) -> int:
+        """The id of the newest row (0 if none): where a live tail starts."""
+        try:
+            if not self._has_events():
+                return 0
+            return int(self._conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"event store {self.path}: cannot read events: {exc}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> EventReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _deleting(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
     """Run DELETE ``statements`` in one write transaction; returns the rows deleted."""
     conn.execute("BEGIN IMMEDIATE")
@@ -716,4 +829,4 @@ def _event_from_row(row: sqlite3.Row, path: Path) -> Event:
             f"event store {path}: corrupt details of event {row['id']}: {exc}"
         ) from None
     return Event(int(row["id"]), row["at"], row["kind"], row["client"], details,
-                 int(row["count"]), row["last"])
+                 int(row["count"]), row["last"], row["plug"])

@@ -4,9 +4,11 @@ One asyncio loop runs every service, so a Raspberry Pi or a router pays for one
 Python process. The order matters: every socket is bound first (ports below 1024
 need root or CAP_NET_BIND_SERVICE), then privileges are dropped, then the
 periodic tasks start. SIGHUP re-reads the config file and applies what can change
-without rebinding (sinkhole rules and TTL, per-plug zones, time keeper threshold);
-a bad file is refused with one log line and the running settings stay. SIGTERM
-and SIGINT stop the services and flush the event store before exiting.
+without rebinding (sinkhole rules and TTL, per-plug zones, time keeper threshold)
+and re-reads the plug list that events are attributed with (see
+:mod:`hs100local.attribution`; discovery refreshes it too); a bad file is
+refused with one log line and the running settings stay. SIGTERM and SIGINT
+stop the services and flush the event store before exiting.
 
 Logs go to stderr, one line per notable event: the first time in a minute a
 client does a thing (the event store folds the repeats the same way), plus what
@@ -24,24 +26,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hs100local.attribution import PlugDirectory, known_plugs
 from hs100local.config import ConfigError, ServeConfig, db_path, load
 
 log = logging.getLogger("hs100local.serve")
 
+#: inventory change kinds that are firmware events (a KLAP update is a protocol change)
+FIRMWARE_CHANGES = ("firmware", "protocol")
+
 
 class LoggingSink:
-    """An event sink that passes everything to the store and logs one line when the
-    store starts a new row: the first occurrence of each (kind, client, details) in a
-    minute, since the store folds the repeats."""
+    """An event sink that attributes each event to a plug, passes it to the store, and
+    logs one line when the store starts a new row: the first occurrence of each (kind,
+    client, details) in a minute, since the store folds the repeats."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, directory: PlugDirectory | None = None) -> None:
         self.store = store
+        self.directory = directory
 
     def record(self, kind: str, client: str | None, details: dict[str, Any],
-               *, at: float | None = None) -> None:
-        if self.store.record(kind, client, details, at=at):
+               *, at: float | None = None, plug: str | None = None) -> None:
+        if plug is None and self.directory is not None:
+            plug = self.directory.plug_for(client)
+        if self.store.record(kind, client, details, at=at, plug=plug):
             shown = " ".join(f"{k}={v}" for k, v in details.items() if v not in (None, "", []))
-            logging.getLogger(f"hs100local.{kind}").info("%s %s", client or "-", shown)
+            who = client or "-"
+            if plug is not None and self.directory is not None:
+                who += f" ({self.directory.alias(plug) or plug})"
+            logging.getLogger(f"hs100local.{kind}").info("%s %s", who, shown)
 
     def count(self, kind: str, key: str, n: int = 1, *, client: str | None = None) -> None:
         self.store.count(kind, key, n, client=client)
@@ -79,6 +91,7 @@ class Daemon:
         self.overrides = overrides or (lambda c: c)
         self.store: Any = None
         self.events: LoggingSink | None = None
+        self.directory = PlugDirectory()
         self.services: list[Any] = []
         self.dns: Any = None
         self.keeper: Any = None
@@ -94,7 +107,8 @@ class Daemon:
         path = db_path(config)
         self.store = EventStore(path, retention_days=config.retention_days,
                                 max_db_bytes=int(config.max_db_mb * 1024 * 1024))
-        self.events = LoggingSink(self.store)
+        self.directory = PlugDirectory(await asyncio.to_thread(known_plugs, path))
+        self.events = LoggingSink(self.store, self.directory)
         try:
             await self._start_services()
             if config.user:
@@ -184,14 +198,21 @@ class Daemon:
             try:
                 found = await discover(interfaces=list(config.interfaces) or None)
                 changes = await record_async(found.plugs, db_path(config))
+                if changes:
+                    await self.refresh_plugs()
                 for change in changes:
                     log.info("discovery: %s", change.describe())
                     if self.events is not None:
-                        self.events.record("discovery", None, change.as_dict())
+                        kind = "firmware" if change.kind in FIRMWARE_CHANGES else "discovery"
+                        self.events.record(kind, None, change.as_dict(), plug=change.mac)
             except Exception:  # a pass failing must not end the daemon
                 log.exception("discovery pass failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), config.discover_interval)
+
+    async def refresh_plugs(self) -> None:
+        """Re-read the inventory for attribution (after discovery, on SIGHUP)."""
+        self.directory.load(await asyncio.to_thread(known_plugs, db_path(self.config)))
 
     async def close(self) -> None:
         self.stop.set()
@@ -232,6 +253,8 @@ class Daemon:
             self.keeper.default_zone = zone_index(fresh)
             self.keeper.set_zones(dict(fresh.zones))
         self.config = fresh
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.ensure_future(self.refresh_plugs()))
         log.info("SIGHUP: reloaded %s (%d sinkhole rules)", self.config_path,
                  len(sinkhole_of(fresh).rules))
         return True

@@ -378,7 +378,7 @@ def test_bad_path_fails_at_start(tmp_path):
 def test_event_is_a_value():
     event = Event(1, 0.0, "dns", None, {})
     assert event.as_dict() == {"id": 1, "time": "1970-01-01T00:00:00.000Z", "kind": "dns",
-                               "client": None, "details": {}, "count": 1,
+                               "client": None, "plug_mac": None, "details": {}, "count": 1,
                                "last": "1970-01-01T00:00:00.000Z"}
     folded = Event(2, 60.0, "dns", "10.0.0.1", {"name": "x"}, count=3, last=119.5)
     assert folded.as_dict()["count"] == 3
@@ -564,3 +564,22 @@ def test_size_cap_deletes_the_oldest_events_first(tmp_path):
         assert store.trim() == 0  # within the cap now
     with pytest.raises(ValueError):
         EventStore(tmp_path / "x.db", max_db_bytes=1000)
+
+
+def test_events_carry_the_plug_and_filter_by_plug_kind_and_id(tmp_path):
+    with EventStore(tmp_path / "e.db") as store:
+        store.record("dns", "10.0.0.5", {"name": "a"}, at=1000.0, plug="50:C7:BF:00:00:01")
+        store.record("tls", "10.0.0.5", {"ja3": "x"}, at=1001.0, plug="50:C7:BF:00:00:01")
+        store.record("dns", "10.0.0.6", {"name": "b"}, at=1002.0)  # not attributed
+        store.record("ntp", "10.0.0.7", {"v": 4}, at=1003.0)
+        store.flush()
+        mine = store.events(plug="50:C7:BF:00:00:01")
+        assert [(e.kind, e.plug) for e in mine] == [("dns", "50:C7:BF:00:00:01"),
+                                                   ("tls", "50:C7:BF:00:00:01")]
+        # unattributed rows of the plug's known addresses count as the plug's too
+        both = store.events(plug="50:C7:BF:00:00:01", plug_addresses=["10.0.0.6"])
+        assert [e.client for e in both] == ["10.0.0.5", "10.0.0.5", "10.0.0.6"]
+        assert [e.kind for e in store.events(kind=["dns", "ntp"])] == ["dns", "dns", "ntp"]
+        first = store.events()[0].id
+        assert [e.at for e in store.events(after_id=first + 1)] == [1002.0, 1003.0]
+        assert [e.at for e in store.events(since=1001.0, until=1003.0)] == [1001.0, 1002.0]

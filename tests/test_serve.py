@@ -87,3 +87,86 @@ def test_serve_refuses_a_port_in_use_with_exit_3(config, tmp_path):
         taken.close()
     assert result.returncode == 3, result.stderr
     assert "cannot listen" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+
+
+def test_events_and_report_attribute_each_attempt_to_the_right_plug(tmp_path,
+                                                                    dnsmasq_upstream):
+    """Two emulated plugs on their own loopback addresses, discovered into the
+    inventory; each talks to serve from its address; `events --json` and `report`
+    name the right plug for every attempt, and a non-plug client is nobody."""
+    import json
+    import socket
+    import ssl
+
+    import trustme
+    from tlskit import pinned_context
+
+    from hs100local.emulator import MODELS, EmulatedPlug
+    from hs100local.emulator.server import EmulatorThread
+
+    db = tmp_path / "serve.db"
+    lamp = EmulatorThread(EmulatedPlug(MODELS["hs100"], alias="Lamp"), host="127.0.0.2")
+    heater = EmulatorThread(EmulatedPlug(MODELS["hs110"], alias="Heater"), host="127.0.0.3")
+    with lamp, heater:
+        found = subprocess.run(
+            [sys.executable, "-m", "hs100local", "--db", str(db), "discover", "--no-broadcast",
+             "--target", f"127.0.0.2:{lamp.port}", "--target", f"127.0.0.3:{heater.port}",
+             "--expect", "2", "--json"], capture_output=True, text=True, timeout=30, cwd=REPO)
+        assert found.returncode == 0, found.stderr
+    config = write_config(tmp_path / "serve.toml", dnsmasq_upstream, db)
+    serve = Serve(config)
+    try:
+        def ask_from(source: str, name: str) -> None:
+            query = dns.message.make_query(name, "A")
+            reply = dns.query.udp(query, "127.0.0.1", port=serve.ports["dns"], timeout=3,
+                                  source=source)
+            assert answers(reply) == ["127.0.0.1"]
+
+        ask_from("127.0.0.2", "n-devs.tplinkcloud.com")
+        ask_from("127.0.0.3", "devs.tplinkcloud.com")
+        ask_from("127.0.0.1", "n-deventry.tplinkcloud.com")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ntp:  # the lamp's NTP
+            ntp.bind(("127.0.0.2", 0))
+            ntp.settimeout(3)
+            ntp.sendto(b"\x23" + bytes(39) + (3_900_000_000).to_bytes(4, "big") + bytes(4),
+                       ("127.0.0.1", serve.ports["ntp"]))
+            assert len(ntp.recv(512)) == 48
+        # the heater connects to the "cloud" like a plug: no SNI, pinned to its own CA
+        context = pinned_context(trustme.CA(key_type=trustme.KeyType.RSA).cert_pem.bytes())
+        context.check_hostname = False
+        raw = socket.create_connection(("127.0.0.1", serve.ports["cloud"]), timeout=5,
+                                       source_address=("127.0.0.3", 0))
+        with raw, pytest.raises(ssl.SSLCertVerificationError):
+            context.wrap_socket(raw)
+        serve.wait_log(r"hs100local\.tls: 127\.0\.0\.3 \(Heater\) .*outcome=unknown_ca")
+        serve.wait_log(r"hs100local\.dns: 127\.0\.0\.2 \(Lamp\) name=n-devs")
+    finally:
+        assert serve.stop() == 0, "".join(serve.lines[-20:])
+
+    def cli(*args: str) -> object:
+        result = subprocess.run([sys.executable, "-m", "hs100local", "--db", str(db), *args],
+                                capture_output=True, text=True, timeout=30, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    listed = cli("events", "--json")
+    seen = {(e["kind"], e["client"], e["plug"]) for e in listed}
+    assert {("dns", "127.0.0.2", "Lamp"), ("ntp", "127.0.0.2", "Lamp"),
+            ("dns", "127.0.0.3", "Heater"), ("tls", "127.0.0.3", "Heater"),
+            ("dns", "127.0.0.1", None)} <= seen
+    for event in listed:
+        assert event["time"].endswith("Z") and isinstance(event["details"], dict)
+    [tls] = cli("events", "--json", "--kind", "tls", "--plug", "Heater", "--since", "1h")
+    assert tls["details"]["outcome"] == "unknown_ca" and tls["details"]["sni"] is None
+    assert tls["details"]["ja3_hash"] and tls["details"]["ja3"] and tls["details"]["ja4"]
+    assert cli("events", "--json", "--kind", "tls", "--plug", "Lamp") == []
+
+    report = cli("report", "--json")
+    plugs = {p["alias"]: p for p in report["plugs"]}
+    assert plugs["Heater"]["cloud"]["count"] == 1
+    assert plugs["Heater"]["cloud"]["outcomes"] == {"unknown_ca": 1}
+    assert plugs["Heater"]["cloud"]["ja3"] == {tls["details"]["ja3_hash"]: 1}
+    assert plugs["Heater"]["verdict"].startswith("isolated: 1 cloud connection attempt")
+    assert plugs["Lamp"]["names"] == {"n-devs.tplinkcloud.com": 1}
+    assert plugs["Lamp"]["ntp_requests"] == 1 and plugs["Lamp"]["cloud"]["count"] == 0
+    assert [o["client"] for o in report["other_clients"]] == ["127.0.0.1"]
