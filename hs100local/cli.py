@@ -1297,7 +1297,7 @@ def serve(config_file: str | None, dns_addrs: tuple[str, ...], ntp_addrs: tuple[
 
     \b
     Examples:
-      hs100local serve --config /etc/hs100local.toml
+      hs100local serve --config /etc/hs100local/hs100local.toml
       hs100local serve --dns 192.168.1.2:53 --ntp 192.168.1.2:123 \\
           --cloud 192.168.1.2:443 --cloud 192.168.1.2:50443 --upstream 192.168.1.1
     """
