@@ -28,6 +28,7 @@ from typing import Any
 
 from hs100local.attribution import PlugDirectory, known_plugs
 from hs100local.config import ConfigError, ServeConfig, db_path, load
+from hs100local.eventview import printable
 
 log = logging.getLogger("hs100local.serve")
 
@@ -53,7 +54,9 @@ class LoggingSink:
             who = client or "-"
             if plug is not None and self.directory is not None:
                 who += f" ({self.directory.alias(plug) or plug})"
-            logging.getLogger(f"hs100local.{kind}").info("%s %s", who, shown)
+            # Names and SNIs come from the network: escaped, they cannot start a forged
+            # log line or send escape sequences to a terminal.
+            logging.getLogger(f"hs100local.{kind}").info("%s", printable(f"{who} {shown}"))
 
     def count(self, kind: str, key: str, n: int = 1, *, client: str | None = None) -> None:
         self.store.count(kind, key, n, client=client)

@@ -364,3 +364,22 @@ def test_fuzz_udp_and_tcp_then_still_correct_and_nothing_leaked():
     finally:
         running.close()
         spy.sock.close()
+
+
+@pytest.mark.parametrize("label", [b"a\nb", b"a b", b"a\\b", b"a.b", b"\x00"])
+def test_odd_names_leave_the_fast_path_and_are_recorded_escaped(label):
+    """Control bytes, spaces, backslashes and dots inside a label: dnslib's escaping
+    (\\DDD) names them, whichever path would have served the query."""
+    header = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+    question = (bytes([len(label)]) + label + b"\x0btplinkcloud\x03com\x00"
+                + struct.pack(">HH", 1, 1))
+    assert wire.parse_query(header + question) is None
+    assert wire.parse_query(header + b"\x01a\x0btplinkcloud\x03com\x00"
+                            + struct.pack(">HH", 1, 1)).name == "a.tplinkcloud.com"
+    sink = Sink()
+    server = DnsServer(Sinkhole(default_rules()), None, [("127.0.0.1", 0)], events=sink)
+    reply = server.handle(header + question, "127.0.0.1", "127.0.0.1")
+    assert isinstance(reply, (bytes, bytearray)) and reply[3] & 0x0F == 0  # NOERROR
+    [(kind, _client, details)] = sink.events
+    assert kind == "dns" and details["name"].endswith(".tplinkcloud.com")
+    assert details["name"].isprintable() and "\n" not in details["name"]

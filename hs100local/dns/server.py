@@ -322,7 +322,10 @@ class DnsServer:
                 if result is None:
                     continue
                 writer.write(len(result).to_bytes(2, "big") + result)
-                await writer.drain()
+                try:  # a client that stops reading gets tcp_idle, as one that stops writing
+                    await asyncio.wait_for(writer.drain(), self.tcp_idle)
+                except (asyncio.TimeoutError, ConnectionError):  # reset while we write
+                    return
         except Exception:  # pragma: no cover - logged, the server goes on
             log.exception("TCP client %s", client)
         finally:

@@ -10,11 +10,14 @@ handles it fully. Tests check both paths give the same answers.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
 HEADER = struct.Struct(">HHHHHH")
 _RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
+#: printable ASCII but space and backslash: a name the fast path may take as it is
+_PLAIN_NAME = re.compile(rb"[!-\[\]-~]*")
 
 QR = 0x8000
 AA = 0x0400
@@ -80,10 +83,13 @@ def parse_query(data: bytes) -> Query | None:
         pos = end
     if pos != end:
         return None
-    try:
-        name = b".".join(labels).decode("ascii").lower()
-    except UnicodeDecodeError:
+    joined = b".".join(labels)
+    # Only plain names take the fast path: control bytes, spaces, backslashes or a dot
+    # inside a label go the slow way, where dnslib escapes them (\\DDD), so a name is
+    # recorded the same whichever path served it and cannot carry a line break.
+    if joined.count(b".") != len(labels) - 1 or not _PLAIN_NAME.fullmatch(joined):
         return None
+    name = joined.decode("ascii").lower()
     return Query(ident, flags, name, qtype, qclass, question, edns, udp_size)
 
 
