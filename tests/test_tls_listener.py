@@ -176,6 +176,64 @@ def test_a_broken_pair_is_replaced_and_the_reason_logged(tmp_path, caplog, damag
     assert caplog.text == ""  # and kept from now on
 
 
+def _pair_until(key_pem: bytes, until: datetime.datetime) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLOUD)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))
+            .not_valid_after(until).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("until", [  # UTCTime before 2050, GeneralizedTime from 2050 on
+    datetime.datetime(2049, 12, 31, 23, 59, 58, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2050, 1, 1, 0, 0, 1, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2999, 6, 7, 8, 9, 10, tzinfo=datetime.timezone.utc),
+])
+def test_the_expiry_is_read_from_the_der_as_cryptography_reads_it(tmp_path, until):
+    from cryptography import x509
+
+    _, key_path = ensure_certificate(tmp_path)
+    pem = _pair_until(key_path.read_bytes(), until)
+    der = ssl.PEM_cert_to_DER_cert(pem.decode())
+    assert tls_cert.not_valid_after(der) == until
+    assert x509.load_pem_x509_certificate(pem).not_valid_after_utc == until
+    for broken in (der[:40], b"\x30\x84\xff\xff\xff\xff", b"", b"\x30\x03\x02\x01\x01"):
+        with pytest.raises(ValueError):
+            tls_cert.not_valid_after(broken)
+
+
+def test_an_encrypted_key_is_replaced_without_asking_for_a_password(tmp_path, caplog):
+    from cryptography.hazmat.primitives import serialization
+
+    _, key_path = ensure_certificate(tmp_path)
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    with caplog.at_level("WARNING", logger="hs100local.tls"):
+        ensure_certificate(tmp_path)
+    assert "is not an unencrypted PEM private key" in caplog.text
+    assert b"ENCRYPTED" not in key_path.read_bytes()
+
+
+def test_reusing_the_certificate_does_not_load_cryptography(tmp_path):
+    """The daemon would carry cryptography's ~7 MB for good (serve's RSS target)."""
+    ensure_certificate(tmp_path)
+    code = ("import sys; from pathlib import Path; "
+            "from hs100local.tls.cert import ensure_certificate; "
+            f"ensure_certificate(Path({str(tmp_path)!r})); "
+            "print('cryptography' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
 def test_a_reused_key_readable_by_others_is_made_private(tmp_path, caplog):
     _, key_path = ensure_certificate(tmp_path)
     key_path.chmod(0o644)

@@ -7,8 +7,9 @@ be intercepted. The certificate only has to let the handshake get that far, with
 the names a plug asks for (``n-devs.tplinkcloud.com`` and friends) in case a
 client that does not pin looks at them.
 
-``cryptography`` is imported only when a certificate is checked or made: the CLI
-imports this module on every start, and loading cryptography costs tens of ms.
+``cryptography`` is imported only when a certificate is made: the CLI imports this
+module on every start (loading cryptography costs tens of ms), and the daemon would
+carry its ~7 MB for as long as it runs; an existing pair is checked with :mod:`ssl`.
 """
 
 from __future__ import annotations
@@ -101,33 +102,92 @@ def generate() -> tuple[bytes, bytes]:
 
 
 def _check(cert_path: Path, key_path: Path) -> str | None:
-    """Why the pair on disk cannot be used ("missing" if neither exists), or None."""
+    """Why the pair on disk cannot be used ("missing" if neither exists), or None.
+
+    Checked with the standard library only (OpenSSL through :mod:`ssl`, and the
+    expiry read from the DER): ``cryptography`` costs the daemon about 7 MB of
+    memory for as long as it runs, and a reused certificate does not need it.
+    """
     if not cert_path.exists() and not key_path.exists():
         return "missing"
     try:
         cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
     except OSError as exc:
         return f"cannot read it ({exc})"
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    import ssl
 
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
+        not_after = not_valid_after(ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii")))
+    except (ValueError, UnicodeDecodeError) as exc:
         return f"{cert_path.name} is not a PEM certificate ({exc})"
+    if b"PRIVATE KEY-----" not in key_pem or b"ENCRYPTED" in key_pem:
+        return f"{key_path.name} is not an unencrypted PEM private key"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:  # TypeError: encrypted, no password
+        # A password callback that fails: never OpenSSL's prompt on a terminal.
+        context.load_cert_chain(cert_path, key_path, password=_no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return "the key does not belong to the certificate"
+        # The certificate parsed above, so what OpenSSL refuses is the key.
+        return f"{key_path.name} is not an unencrypted PEM private key ({exc.reason or exc})"
+    except (OSError, ValueError) as exc:
         return f"{key_path.name} is not an unencrypted PEM private key ({exc})"
-    if key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
-        return "the key does not belong to the certificate"
-    if cert.not_valid_after_utc <= datetime.datetime.now(datetime.timezone.utc):
-        return f"it expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+    if not_after <= datetime.datetime.now(datetime.timezone.utc):
+        return f"it expired on {not_after:%Y-%m-%d}"
     return None
+
+
+def _no_password() -> bytes:
+    raise ValueError("the key is encrypted")
+
+
+def _der_item(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER item at ``pos``."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        size = length & 0x7F
+        if size == 0 or size > 4 or pos + size > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos:pos + size], "big")
+        pos += size
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def not_valid_after(der: bytes) -> datetime.datetime:
+    """The notAfter time of a DER X.509 certificate (RFC 5280 4.1.2.5), in UTC.
+
+    Certificate = SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+    serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter } … } … }.
+    """
+    _, pos, _end = _der_item(der, 0)  # Certificate
+    tag, pos, _end = _der_item(der, pos)  # tbsCertificate
+    if tag != 0x30:
+        raise ValueError("no tbsCertificate")
+    if der[pos] == 0xA0:  # explicit version
+        pos = _der_item(der, pos)[2]
+    for _ in range(3):  # serialNumber, signature, issuer
+        pos = _der_item(der, pos)[2]
+    tag, pos, _end = _der_item(der, pos)  # validity
+    if tag != 0x30:
+        raise ValueError("no validity")
+    pos = _der_item(der, pos)[2]  # notBefore
+    tag, start, stop = _der_item(der, pos)
+    text = der[start:stop].decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: 50-99 are 19xx
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        raise ValueError("notAfter is not a time")
+    if not text.endswith("Z") or len(text) != 15:
+        raise ValueError(f"unsupported time {text!r}")
+    return datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(
+        tzinfo=datetime.timezone.utc)
 
 
 def _tighten(key_path: Path) -> None:
