@@ -222,16 +222,28 @@ def test_an_encrypted_key_is_replaced_without_asking_for_a_password(tmp_path, ca
     assert b"ENCRYPTED" not in key_path.read_bytes()
 
 
-def test_reusing_the_certificate_does_not_load_cryptography(tmp_path):
-    """The daemon would carry cryptography's ~7 MB for good (serve's RSS target)."""
-    ensure_certificate(tmp_path)
+def test_making_or_reusing_the_certificate_does_not_load_cryptography(tmp_path):
+    """The daemon would carry cryptography's extension for good (serve's RSS target):
+    a new pair is made in a child interpreter, a reused one checked with ssl."""
     code = ("import sys; from pathlib import Path; "
             "from hs100local.tls.cert import ensure_certificate; "
-            f"ensure_certificate(Path({str(tmp_path)!r})); "
-            "print('cryptography' in sys.modules)")
+            f"pair = ensure_certificate(Path({str(tmp_path)!r})); "
+            f"again = ensure_certificate(Path({str(tmp_path)!r})); "
+            "print(pair == again, 'cryptography' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
-    assert result.stdout.strip() == "False", result.stderr
+    assert result.stdout.split() == ["True", "False"], result.stderr
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cloud-cert.pem", tmp_path / "cloud-key.pem")
+
+
+def test_a_failing_child_is_one_clear_error(tmp_path, monkeypatch):
+    from hs100local.errors import StoreError
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(StoreError, match="cannot create the cloud listener's certificate"):
+        ensure_certificate(tmp_path / "tls")
+    assert not (tmp_path / "tls" / "cloud-key.pem").exists()
 
 
 def test_a_reused_key_readable_by_others_is_made_private(tmp_path, caplog):

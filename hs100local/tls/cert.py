@@ -7,9 +7,10 @@ be intercepted. The certificate only has to let the handshake get that far, with
 the names a plug asks for (``n-devs.tplinkcloud.com`` and friends) in case a
 client that does not pin looks at them.
 
-``cryptography`` is imported only when a certificate is made: the CLI imports this
-module on every start (loading cryptography costs tens of ms), and the daemon would
-carry its ~7 MB for as long as it runs; an existing pair is checked with :mod:`ssl`.
+``cryptography`` never enters the daemon: an existing pair is checked with
+:mod:`ssl` and a small DER reader, and a new one is made in a child interpreter
+(loaded, cryptography's extension would stay mapped in ``serve`` for as long as it
+runs, ~10 MB of a 40 MB budget, for a job done once).
 """
 
 from __future__ import annotations
@@ -56,10 +57,42 @@ def ensure_certificate(directory: Path) -> tuple[Path, Path]:
     else:
         log.warning("replacing the cloud listener's certificate in %s: %s", directory, problem)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cert_pem, key_pem = generate()
+    cert_pem, key_pem = generate_in_child()
     _write_atomically(key_path, key_pem, 0o600)
     _write_atomically(cert_path, cert_pem, 0o644)
     return cert_path, key_path
+
+
+def generate_in_child(timeout: float = 120.0) -> tuple[bytes, bytes]:
+    """:func:`generate` in a child interpreter, for the daemon: imported here,
+    cryptography's extension (~10 MB) would stay mapped in ``serve`` for good, for a
+    job done once in its life. The PEMs come back over a pipe."""
+    import subprocess
+    import sys
+
+    from hs100local.errors import StoreError
+
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "from hs100local.tls.cert import _print_new_pair; "
+                                   "_print_new_pair()"],
+            capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StoreError(f"cannot create the cloud listener's certificate: {exc}") from None
+    end = b"-----END CERTIFICATE-----\n"
+    cert_pem, found, key_pem = result.stdout.partition(end)
+    if result.returncode != 0 or not found or b"PRIVATE KEY-----" not in key_pem:
+        reason = (result.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        raise StoreError(f"cannot create the cloud listener's certificate: {reason}")
+    return cert_pem + end, key_pem
+
+
+def _print_new_pair() -> None:
+    import sys
+
+    cert_pem, key_pem = generate()
+    sys.stdout.buffer.write(cert_pem + key_pem)
+    sys.stdout.buffer.flush()
 
 
 def generate() -> tuple[bytes, bytes]:
