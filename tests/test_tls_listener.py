@@ -702,6 +702,36 @@ def test_connections_evicted_before_their_task_ran_are_closed_and_recorded(start
     assert listener.call(lambda: listener.server.open_connections) == 0
 
 
+def test_a_waiting_connection_whose_hello_sits_unread_is_not_evicted(start):
+    """Under a flood the oldest waiting connection is often one just accepted with
+    its hello already in the socket: it keeps its slot, the newcomers are refused."""
+    listener, sink = start(max_connections=1, mode="log", certificate=None,
+                           hello_timeout=60)
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        gate.wait(10)
+
+    listener.loop.call_soon_threadsafe(hold)
+    assert entered.wait(10)
+    try:
+        socks = [connect(listener.port) for _ in range(3)]
+        for sock in socks:
+            sock.sendall(hello_bytes())  # all three hellos wait in their sockets
+    finally:
+        gate.set()
+    try:
+        assert read_to_end(socks[0]) == b""  # served: logged, then our FIN
+        assert [read_to_end(sock) for sock in socks[1:]] == ["reset", "reset"]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert [d["outcome"] for _, _, d in sink.wait_events(1)] == ["logged"]
+    sink.wait_count("over_capacity", 2)
+    assert stats(listener).evicted == 0
+
+
 def test_over_capacity_a_new_connection_is_closed_at_once_and_counted(start):
     """Both slots are past their hello (in the handshake): nothing to evict."""
     listener, sink = start(max_connections=2, handshake_timeout=60)

@@ -51,11 +51,13 @@ Limits: every read is bounded in size (16 KiB for the hello, ``max_app_data``
 after a completed handshake) and in time (the three timeouts); a client over the
 per-address rate (``limiter``) is closed at once with a RST and counted
 (``tls``/``rate_limited``), not recorded. At most ``max_connections`` connections
-are open; when full, a new connection takes the slot of the oldest one still
-waiting for its hello (``evicted``; a slowloris peer never gets past that stage,
-and a plug sends its hello within a round trip, so a fresh plug is served even
-under a thousand idle connections). If no connection is waiting for its hello, the
-new one is closed at once and counted (``tls``/``over_capacity``).
+are open; when full, a new connection takes the slot of the oldest one stalled
+before its hello — nothing unread in its socket (``evicted``; a slowloris peer
+never gets past that stage, and a plug sends its hello within a round trip, so a
+fresh plug is served even under a thousand idle connections). A waiting
+connection whose hello sits unread is busy, not stalled, and keeps its slot: under
+a flood of real clients the new one is refused instead. If no connection is
+stalled, the new one is closed at once and counted (``tls``/``over_capacity``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import itertools
 import logging
 import socket
 import ssl
@@ -87,6 +90,8 @@ HELLO_LIMIT = 16384
 PREVIEW_BYTES = 64
 #: most connections accepted per wake-up before yielding to the loop
 ACCEPT_BATCH = 64
+#: waiting connections looked at, oldest first, for a stalled one to evict
+EVICT_SCAN = 16
 #: seconds accepting pauses when the process is out of file descriptors
 ACCEPT_PAUSE = 0.5
 #: seconds between peeks at an incomplete hello where SO_RCVLOWAT cannot be set
@@ -311,10 +316,28 @@ class CloudListener:
         task.add_done_callback(lambda _task, conn=conn: self._finish(conn))
 
     def _evict_oldest(self) -> bool:
-        """Free the slot of the oldest connection still waiting for its hello."""
-        if not self._waiting:
+        """Free the slot of the oldest connection stalled before its hello: one that
+        sent nothing its task has not already seen (idle, or a slowloris trickle).
+
+        A connection whose bytes wait unread in its socket is busy, not stalled (under
+        a flood, the oldest waiting one is often just accepted, its hello already
+        there): it is skipped, and if the first ``EVICT_SCAN`` are all busy nothing is
+        evicted and the new connection is the one refused.
+        """
+        conn = None
+        for candidate in itertools.islice(self._waiting, EVICT_SCAN):
+            try:
+                unread = len(candidate.sock.recv(candidate.received + 1,
+                                                 socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            except (BlockingIOError, InterruptedError):
+                unread = 0
+            except OSError:  # reset: its task will find out; the slot is fair game
+                unread = 0
+            if unread <= candidate.received:
+                conn = candidate
+                break
+        if conn is None:
             return False
-        conn = next(iter(self._waiting))
         del self._waiting[conn]
         self._open.discard(conn)  # its slot is free now; its task closes the socket
         conn.cancel_reason = "evicted"
