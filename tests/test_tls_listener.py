@@ -672,23 +672,30 @@ def test_idle_connections_give_way_to_a_new_one_oldest_first(start):
     assert sink.wait_events(3)[-1][2]["outcome"] == "closed"  # the second stayed till now
 
 
-def test_connections_evicted_before_their_task_ran_are_closed_and_recorded(start):
-    """Three connections in one accept batch with one slot: the first two are evicted
-    before their tasks take a step (a task cancelled then never runs its body)."""
-    listener, sink = start(max_connections=1, mode="log", certificate=None,
-                           hello_timeout=60)
+@contextlib.contextmanager
+def loop_held(listener):
+    """Keep the listener's event loop busy (blocked in a callback) inside the block."""
     entered, gate = threading.Event(), threading.Event()
 
-    def hold() -> None:  # keeps the listener's loop busy while all three connect
+    def hold() -> None:
         entered.set()
         gate.wait(10)
 
     listener.loop.call_soon_threadsafe(hold)
     assert entered.wait(10)
     try:
-        socks = [connect(listener.port) for _ in range(3)]
+        yield
     finally:
         gate.set()
+
+
+def test_connections_evicted_before_their_task_ran_are_closed_and_recorded(start):
+    """Three connections in one accept batch with one slot: the first two are evicted
+    before their tasks take a step (a task cancelled then never runs its body)."""
+    listener, sink = start(max_connections=1, mode="log", certificate=None,
+                           hello_timeout=60)
+    with loop_held(listener):  # all three connect while the loop cannot accept
+        socks = [connect(listener.port) for _ in range(3)]
     try:
         assert read_to_end(socks[0]) == b"" and read_to_end(socks[1]) == b""
         socks[2].sendall(hello_bytes())
@@ -707,20 +714,10 @@ def test_a_waiting_connection_whose_hello_sits_unread_is_not_evicted(start):
     its hello already in the socket: it keeps its slot, the newcomers are refused."""
     listener, sink = start(max_connections=1, mode="log", certificate=None,
                            hello_timeout=60)
-    entered, gate = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        entered.set()
-        gate.wait(10)
-
-    listener.loop.call_soon_threadsafe(hold)
-    assert entered.wait(10)
-    try:
+    with loop_held(listener):
         socks = [connect(listener.port) for _ in range(3)]
         for sock in socks:
             sock.sendall(hello_bytes())  # all three hellos wait in their sockets
-    finally:
-        gate.set()
     try:
         assert read_to_end(socks[0]) == b""  # served: logged, then our FIN
         assert [read_to_end(sock) for sock in socks[1:]] == ["reset", "reset"]

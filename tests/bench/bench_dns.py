@@ -51,7 +51,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -67,6 +66,7 @@ import dns.rcode
 from servers import (  # this folder (on sys.path)
     cpu_model,
     fmt_int,
+    free_port,
     met,
     start_server,
     stop,
@@ -160,19 +160,6 @@ class Cell:
 # ------------------------------------------------------------------ processes
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP (dnsmasq binds both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise SystemExit("no free port on 127.0.0.1")
 
 
 def ask(port: int, name: str, timeout: float = 1.0) -> dns.message.Message:

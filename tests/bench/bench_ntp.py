@@ -51,7 +51,6 @@ import hashlib
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import sqlite3
@@ -66,8 +65,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from servers import (  # this folder (on sys.path)
+    compile_loader,
     cpu_model,
     fmt_int,
+    free_port,
     met,
     start_server,
     stop,
@@ -131,10 +132,6 @@ class Cell:
 # ------------------------------------------------------------------ processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind((HOST, 0))
-        return udp.getsockname()[1]
 
 
 def proc_usage(pid: int) -> tuple[float, float, int]:
@@ -217,17 +214,6 @@ def wait_valid(server: Server, timeout: float = 15.0) -> None:
 # ------------------------------------------------------------------ loader
 
 
-def compile_loader(workdir: Path) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise SystemExit("gcc is needed to compile the loader (Debian package gcc)")
-    exe = workdir / "ntpload"
-    done = subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-o", str(exe),
-                           str(HERE / "ntpload.c")], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"cannot compile ntpload.c:\n{done.stdout}{done.stderr}")
-    return exe
 
 
 def load(loader: Path, server: Server, args: argparse.Namespace) -> Result:
@@ -292,7 +278,7 @@ def start_chronyd(workdir: Path, procs: list[subprocess.Popen]) -> Server:
 def run(args: argparse.Namespace, workdir: Path,
         procs: list[subprocess.Popen]) -> tuple[list[Server], dict[str, Cell],
                                                 dict[str, Path]]:
-    loader = compile_loader(workdir)
+    loader = compile_loader(HERE / "ntpload.c", workdir)
     print(f"loader: {HERE / 'ntpload.c'} compiled with gcc -O2 into the temporary directory")
 
     servers: list[Server] = []

@@ -105,7 +105,15 @@ from pathlib import Path
 
 import dns.message
 import dns.query
-from servers import cpu_model, fmt_int, met, stop, version  # this folder (on sys.path)
+from servers import (  # this folder (on sys.path)
+    compile_loader,
+    cpu_model,
+    fmt_int,
+    free_port,
+    met,
+    stop,
+    version,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -255,19 +263,6 @@ class ServeProc(Proc):
         return None
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise SystemExit("no free port on 127.0.0.1")
 
 
 def wait_until(what: str, check: Callable[[], bool], proc: subprocess.Popen,
@@ -607,17 +602,6 @@ class Run:
     rss_kb: int  # the server's VmRSS after the run
 
 
-def compile_loader(workdir: Path) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise SystemExit("gcc is needed to compile the loader (Debian package gcc)")
-    exe = workdir / "tlsload"
-    done = subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-o", str(exe),
-                           str(HERE / "tlsload.c")], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"cannot compile tlsload.c:\n{done.stdout}{done.stderr}")
-    return exe
 
 
 def db_snapshot(db: Path) -> tuple[dict[str, int], dict[str, int], int, int]:
@@ -748,7 +732,7 @@ def run(args: argparse.Namespace, workdir: Path, procs: list[subprocess.Popen],
     for name in (PLUG, TLS1):
         hello_files[name] = workdir / f"{name}.bin"
         hello_files[name].write_bytes(hellos[name])
-    loader = compile_loader(workdir)
+    loader = compile_loader(HERE / "tlsload.c", workdir)
     print(f"loader: {HERE / 'tlsload.c'} compiled with gcc -O2 into the temporary directory")
 
     _, upstream = start_dnsmasq(workdir, "upstream", ["--address=/fwd.test/198.18.7.7"], procs)

@@ -9,6 +9,7 @@ import selectors
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 READY = re.compile(r"\bon (\d+\.\d+\.\d+\.\d+):(\d+)\b")
 
@@ -103,3 +104,36 @@ def fmt_int(x: float) -> str:
 
 def met(ok: bool) -> str:
     return "MET" if ok else "NOT met"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` for both UDP and TCP (dnsmasq and serve bind both)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise SystemExit(f"no free port on {host}")
+
+
+def compile_loader(source: Path, workdir: Path) -> Path:
+    """Compile a C load generator beside the benchmarks into ``workdir`` (no binary kept)."""
+    import shutil
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise SystemExit("gcc is needed to compile the loader (Debian package gcc)")
+    exe = workdir / source.stem
+    done = subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-o", str(exe), str(source)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"cannot compile {source.name}:\n{done.stdout}{done.stderr}")
+    return exe
