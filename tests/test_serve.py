@@ -122,7 +122,11 @@ def test_events_and_report_attribute_each_attempt_to_the_right_plug(tmp_path,
                                   source=source)
             assert answers(reply) == ["127.0.0.1"]
 
-        ask_from("127.0.0.2", "n-devs.tplinkcloud.com")
+        dig = subprocess.run(  # the lamp asks with dig, from its own address
+            ["dig", "@127.0.0.1", "-p", str(serve.ports["dns"]), "-b", "127.0.0.2", "+short",
+             "+tries=1", "+time=3", "n-devs.tplinkcloud.com", "A"],
+            capture_output=True, text=True, timeout=20)
+        assert dig.stdout.split() == ["127.0.0.1"], dig.stdout + dig.stderr
         ask_from("127.0.0.3", "devs.tplinkcloud.com")
         ask_from("127.0.0.1", "n-deventry.tplinkcloud.com")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ntp:  # the lamp's NTP
