@@ -1,7 +1,8 @@
 """Command-line interface: parses arguments, runs one operation, prints.
 
 Start-up time matters (``hs100local on`` from a cron job or a shell alias), so
-this module imports only click at the top; each command imports what it needs.
+this module imports only click (and the tiny errors module) at the top; each
+command imports what it needs.
 One-shot control commands use the blocking transport: no asyncio on that path.
 
 Exit codes: 0 ok, 1 the plug answered an error, 2 usage, 3 unreachable,
@@ -15,6 +16,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from hs100local.errors import one_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -155,10 +158,6 @@ def emit(data: Any, human: str | list[str] | None = None) -> None:
         click.echo(human if isinstance(human, str) else "\n".join(human))
 
 
-def one_line(text: str) -> str:
-    """Escape newlines and control characters: a plug's err_msg or alias must not be
-    able to split the one-line error or send escape sequences to the terminal."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def _power(on: bool) -> str:

@@ -46,35 +46,49 @@ def _since(text: str | None, now: float, option: str = "--since") -> float | Non
 
 
 class _Plugs:
-    """The inventory's plugs for naming events and resolving --plug (empty without one)."""
+    """The inventory, read once: its plugs (to name events), the plug ``--plug`` names,
+    and, for ``report``, its firmware changes since ``changes_since``. Empty without an
+    inventory file."""
 
-    def __init__(self, path: Any) -> None:
+    def __init__(self, path: Any, name: str | None = None,
+                 changes_since: float | None = None) -> None:
         import os
+        from datetime import datetime, timezone
 
+        from hs100local.errors import TargetError
         from hs100local.inventory import Inventory
 
         self.records: list[Any] = []
         self.changes: list[Any] = []
-        self._path = path
+        self.selected: Any = None
         if os.path.exists(path):
             with Inventory(path) as inventory:
                 self.records = inventory.plugs()
-        self.alias_of = {r.mac: r.alias for r in self.records}
+                if name is not None:
+                    found = inventory.lookup(name)  # alias, MAC or an outlet's alias
+                    self.selected = found.record if found is not None else None
+                if changes_since is not None and self.records:
+                    self.changes = inventory.changes(
+                        since=datetime.fromtimestamp(changes_since, timezone.utc),
+                        kinds=["firmware", "protocol"])
+        if name is not None and self.selected is None:
+            raise TargetError(f"no plug {name!r} in the inventory (see 'hs100local plugs')")
+        self._alias_by_mac = {r.mac: r.alias for r in self.records}
+        self._alias_by_host = {r.host: r.alias for r in self.records}
 
-    def alias(self, mac: str | None) -> str | None:
-        return self.alias_of.get(mac) if mac else None
+    def selection(self) -> dict[str, Any]:
+        """``EventReader.events`` arguments for the --plug plug (its unattributed
+        events too, by its address), or none."""
+        if self.selected is None:
+            return {}
+        return {"plug": self.selected.mac, "plug_addresses": [self.selected.host]}
 
-    def resolve(self, name: str) -> Any:
-        from hs100local.errors import TargetError
-        from hs100local.results import normalize_mac
-
-        found = [r for r in self.records if r.alias == name or r.mac == normalize_mac(name)]
-        if not found:
-            found = [r for r in self.records if r.alias.lower() == name.lower()]
-        if len(found) != 1:
-            problem = "no plug" if not found else "several plugs are"
-            raise TargetError(f"{problem} {name!r} in the inventory (see 'hs100local plugs')")
-        return found[0]
+    def alias(self, event: Any) -> str | None:
+        """The alias of the event's plug: attributed when recorded, or its client is a
+        plug's address now (an event recorded by a service that had no inventory)."""
+        if event.plug is not None:
+            return self._alias_by_mac.get(event.plug)
+        return self._alias_by_host.get(event.client) if event.client else None
 
 
 _config_option = click.option(
@@ -89,24 +103,6 @@ def _filters(fn: Any) -> Any:
     fn = click.option("--plug", "plug_name", metavar="ALIAS|MAC",
                       help="Only events of this plug (from the inventory).")(fn)
     return fn
-
-
-def _plug_filter(plugs: _Plugs, name: str | None) -> dict[str, Any]:
-    if name is None:
-        return {}
-    record = plugs.resolve(name)
-    return {"plug": record.mac, "plug_addresses": [record.host]}
-
-
-def _named(plugs: _Plugs, event: Any) -> str | None:
-    """The alias of the event's plug: attributed when recorded, or its client is a plug's
-    address now (an event recorded by a service that had no inventory)."""
-    if event.plug is not None:
-        return plugs.alias(event.plug)
-    for record in plugs.records:
-        if record.host == event.client:
-            return record.alias
-    return None
 
 
 @cli.command()
@@ -133,12 +129,12 @@ def events(config_file: str | None, plug_name: str | None, kinds: tuple[str, ...
 
     now = time.time()
     path = _db_path(config_file)
-    plugs = _Plugs(path)
+    plugs = _Plugs(path, plug_name)
     with EventReader(path) as reader:
         found = reader.events(since=_since(since, now), until=_since(until, now, "--until"),
                               kind=kinds or None, client=client, limit=limit,
-                              **_plug_filter(plugs, plug_name))
-    named = [(event, _named(plugs, event)) for event in found]
+                              **plugs.selection())
+    named = [(event, plugs.alias(event)) for event in found]
     emit([event_json(e, alias) for e, alias in named],
          [line(e, alias) for e, alias in named] or ["No events."])
 
@@ -169,12 +165,12 @@ def watch(config_file: str | None, plug_name: str | None, kinds: tuple[str, ...]
 
     path = _db_path(config_file)
     as_json = settings().json or (not force_text and not sys.stdout.isatty())
-    plugs = _Plugs(path)
-    selection = dict(kind=kinds or None, client=client, **_plug_filter(plugs, plug_name))
+    plugs = _Plugs(path, plug_name)
+    selection = dict(kind=kinds or None, client=client, **plugs.selection())
 
     def show(batch: list[Any]) -> None:
         for event in sorted(batch, key=lambda e: e.id):
-            alias = _named(plugs, event)
+            alias = plugs.alias(event)
             if as_json:
                 click.echo(json.dumps(event_json(event, alias), ensure_ascii=False))
             else:
@@ -207,29 +203,18 @@ def watch(config_file: str | None, plug_name: str | None, kinds: tuple[str, ...]
 def report(config_file: str | None, since: str, plug_name: str | None) -> None:
     """Per plug: cloud attempts, names looked up, NTP and its clock, time syncs,
     firmware changes, and a one-line verdict on its isolation."""
-    from datetime import datetime, timezone
-
     from hs100local.events import EventReader
-    from hs100local.inventory import Inventory
     from hs100local.report import build_report, render
 
     now = time.time()
     start = _since(since, now)
-    assert start is not None
+    assert start is not None  # --since has a default
     path = _db_path(config_file)
-    plugs = _Plugs(path)
-    changes: list[Any] = []
-    if plugs.records:
-        with Inventory(path) as inventory:
-            changes = inventory.changes(since=datetime.fromtimestamp(start, timezone.utc),
-                                        kinds=["firmware", "protocol"])
-    selected = plugs.records
-    if plug_name is not None:
-        record = plugs.resolve(plug_name)
-        selected = [record]
+    plugs = _Plugs(path, plug_name, changes_since=start)
     with EventReader(path) as reader:
-        found = reader.events(since=start, **_plug_filter(plugs, plug_name))
-    result = build_report(found, selected, changes, since=start, until=now)
-    if plug_name is not None:
+        found = reader.events(since=start, **plugs.selection())
+    selected = plugs.records if plugs.selected is None else [plugs.selected]
+    result = build_report(found, selected, plugs.changes, since=start, until=now)
+    if plugs.selected is not None:
         result.others = []
     emit(result.as_dict(), [one_line(text) for text in render(result)])

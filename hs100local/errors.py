@@ -12,6 +12,13 @@ from __future__ import annotations
 import errno
 
 
+def one_line(text: str) -> str:
+    """Escape newlines and control characters: a plug's err_msg or alias, a DNS name or
+    an SNI from the network must not split a one-line message or log line, nor send
+    escape sequences to a terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 class Hs100Error(Exception):
     """Base class for all hs100local errors."""
 

@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 from hs100local.errors import StoreError
 from hs100local.inventory import (
+    ClosesOnExit,
     _enable_wal,
     _from_ts,
     _iso,
@@ -222,7 +222,53 @@ def _minute(at: float) -> float:
     return float(int(at // 60) * 60)
 
 
-class EventStore:
+class _EventQueries(ClosesOnExit):
+    """``events()`` for the writer and the read-only reader alike; they differ only in
+    the connection ``_select`` runs the query on."""
+
+    path: Path
+
+    def _select(self, query: str, args: list[Any]) -> list[Event]:
+        raise NotImplementedError
+
+    def events(
+        self, *, since: float | None = None, until: float | None = None,
+        kind: str | Iterable[str] | None = None, client: str | None = None,
+        plug: str | None = None, plug_addresses: Iterable[str] = (),
+        after_id: int | None = None, limit: int | None = None,
+    ) -> list[Event]:
+        """Committed events, oldest first; ``limit`` keeps the *newest* ``limit`` (what
+        "the last 20 events" means), still returned oldest first.
+
+        ``kind`` is one kind or several. ``plug`` (a MAC) selects the events attributed
+        to that plug, and with ``plug_addresses`` also the unattributed events of those
+        client addresses (recorded by a service that had no inventory to ask).
+        ``after_id`` selects rows added after that one (what a live tail wants).
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("at >= ?", since), ("at < ?", until), ("client = ?", client),
+                              ("id > ?", after_id)):
+            if value is not None:
+                where.append(column)
+                args.append(value)
+        if kind is not None:
+            kinds = [kind] if isinstance(kind, str) else list(kind)
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args.extend(kinds)
+        if plug is not None:
+            addresses = list(plug_addresses)
+            if addresses:
+                where.append(f"(plug = ? OR (plug IS NULL AND client IN "
+                             f"({', '.join('?' * len(addresses))})))")
+                args.extend([plug, *addresses])
+            else:
+                where.append("plug = ?")
+                args.append(plug)
+        return self._select(newest_query("events", where, args, limit), args)
+
+
+class EventStore(_EventQueries):
     """Events and per-minute counters in SQLite, written by one background thread.
 
     ``record``/``count`` never block, and raise only on programming errors (use after
@@ -589,23 +635,7 @@ class EventStore:
 
     # -- reading and pruning
 
-    def events(
-        self, *, since: float | None = None, until: float | None = None,
-        kind: str | Iterable[str] | None = None, client: str | None = None,
-        plug: str | None = None, plug_addresses: Iterable[str] = (),
-        after_id: int | None = None, limit: int | None = None,
-    ) -> list[Event]:
-        """Committed events, oldest first; ``limit`` keeps the *newest* ``limit`` (what
-        "the last 20 events" means), still returned oldest first.
-
-        ``kind`` is one kind or several. ``plug`` (a MAC) selects the events attributed
-        to that plug, and with ``plug_addresses`` also the unattributed events of those
-        client addresses (recorded by a service that had no inventory to ask).
-        ``after_id`` selects rows added after that one (what a live tail wants).
-        """
-        query, args = _events_query(since, until, kind, client, plug, plug_addresses,
-                                    after_id, limit)
-
+    def _select(self, query: str, args: list[Any]) -> list[Event]:
         def fetch(conn: sqlite3.Connection) -> list[Event]:
             return [_event_from_row(row, self.path) for row in conn.execute(query, args)]
 
@@ -700,47 +730,9 @@ class EventStore:
         if self._thread.is_alive():
             log.error("event writer for %s did not stop", self.path)
 
-    def __enter__(self) -> EventStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
-def _events_query(since: float | None, until: float | None,
-                  kind: str | Iterable[str] | None, client: str | None, plug: str | None,
-                  plug_addresses: Iterable[str], after_id: int | None,
-                  limit: int | None) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (("at >= ?", since), ("at < ?", until), ("client = ?", client),
-                          ("id > ?", after_id)):
-        if value is not None:
-            where.append(column)
-            args.append(value)
-    if kind is not None:
-        kinds = [kind] if isinstance(kind, str) else list(kind)
-        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
-        args.extend(kinds)
-    if plug is not None:
-        addresses = list(plug_addresses)
-        if addresses:
-            where.append(f"(plug = ? OR (plug IS NULL AND client IN "
-                         f"({', '.join('?' * len(addresses))})))")
-            args.extend([plug, *addresses])
-        else:
-            where.append("plug = ?")
-            args.append(plug)
-    query = newest_query("events", where, args, limit)
-    return query, args
-
-
-class EventReader:
+class EventReader(_EventQueries):
     """Reads the events of a database it never writes: ``events``, ``watch`` and
     ``report`` run as users who may only read the daemon's file, while it writes.
 
@@ -760,30 +752,31 @@ class EventReader:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open event store {self.path}: {exc}") from None
         self._conn.row_factory = sqlite3.Row
+        self._ready = False
+        self._source = "FROM events"
 
     def _has_events(self) -> bool:
-        return self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
-        ).fetchone() is not None
+        """Whether the events table exists (a reader may start before any writer made
+        it); once it has every column, the answer and the query rewrite are kept."""
+        if self._ready:
+            return True
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                              "AND name = 'events'").fetchone() is None:
+            return False
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}
+        missing = [(name, "1" if name == "count" else "NULL")
+                   for name, _ in _ADDED_COLUMNS if name not in columns]
+        if missing:  # an older release's table no writer has migrated: read it as new
+            extra = ", ".join(f"{value} AS {name}" for name, value in missing)
+            self._source = f"FROM (SELECT *, {extra} FROM events)"
+        self._ready = not missing
+        return True
 
-    def events(
-        self, *, since: float | None = None, until: float | None = None,
-        kind: str | Iterable[str] | None = None, client: str | None = None,
-        plug: str | None = None, plug_addresses: Iterable[str] = (),
-        after_id: int | None = None, limit: int | None = None,
-    ) -> list[Event]:
-        """As :meth:`EventStore.events`."""
-        query, args = _events_query(since, until, kind, client, plug, plug_addresses,
-                                    after_id, limit)
+    def _select(self, query: str, args: list[Any]) -> list[Event]:
         try:
             if not self._has_events():
                 return []
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}
-            missing = [(name, "1" if name == "count" else "NULL")
-                       for name, _ in _ADDED_COLUMNS if name not in columns]
-            if missing:  # an older release's table that no writer has migrated yet
-                extra = ", ".join(f"{value} AS {name}" for name, value in missing)
-                query = query.replace("FROM events", f"FROM (SELECT *, {extra} FROM events)")
+            query = query.replace("FROM events", self._source)
             return [_event_from_row(row, self.path) for row in self._conn.execute(query, args)]
         except sqlite3.Error as exc:
             raise StoreError(f"event store {self.path}: cannot read events: {exc}") from None
@@ -799,12 +792,6 @@ class EventReader:
 
     def close(self) -> None:
         self._conn.close()
-
-    def __enter__(self) -> EventReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _deleting(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> int:

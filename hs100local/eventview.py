@@ -8,10 +8,12 @@ without a database or a terminal.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from hs100local.errors import one_line
 from hs100local.events import Event
+from hs100local.inventory import _from_ts, _iso
 
 #: the kinds a user filters on (``store`` and ``discovery`` are shown but rarely wanted)
 KINDS = ("dns", "ntp", "tls", "time", "firmware", "discovery", "store")
@@ -53,8 +55,7 @@ def parse_since(text: str, now: float) -> float:
 
 def iso(at: float) -> str:
     """UTC ISO 8601 with milliseconds, as the JSON output writes times."""
-    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
+    return _iso(_from_ts(at))
 
 
 def local_time(at: float) -> str:
@@ -106,18 +107,12 @@ def summary(event: Event) -> str:
     return text
 
 
-def printable(text: str) -> str:
-    """Control characters escaped: names and hellos come from the network and must not
-    send escape sequences to a terminal or split a line."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-
-
 def line(event: Event, alias: str | None) -> str:
     """The text line of ``events``/``watch``: local time, kind, client (plug), summary."""
     who = event.client or "-"
     if alias is not None or event.plug is not None:
         who += f" ({alias or event.plug})"
-    return printable(f"{local_time(event.at)}  {event.kind:<9} {who}  {summary(event)}")
+    return one_line(f"{local_time(event.at)}  {event.kind:<9} {who}  {summary(event)}")
 
 
 def colour(kind: str) -> str | None:

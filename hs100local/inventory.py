@@ -350,7 +350,25 @@ def _firmware(sw_ver: str, hw_ver: str) -> str:
 # ----------------------------------------------------------------- inventory
 
 
-class Inventory:
+_C = TypeVar("_C", bound="ClosesOnExit")
+
+
+class ClosesOnExit:
+    """``with`` support for the database holders (inventory, event store and reader):
+    leaving the block calls ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Inventory(ClosesOnExit):
     """The plug inventory in one SQLite file; one connection per object.
 
     Every sqlite3 error leaves the methods as :class:`StoreError` naming the file,
@@ -635,16 +653,6 @@ class Inventory:
             except sqlite3.Error as exc:
                 raise StoreError(f"inventory {self.path}: cannot close: {exc}") from None
 
-    def __enter__(self) -> Inventory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 async def record_async(

@@ -28,7 +28,7 @@ from typing import Any
 
 from hs100local.attribution import PlugDirectory, known_plugs
 from hs100local.config import ConfigError, ServeConfig, db_path, load
-from hs100local.eventview import printable
+from hs100local.errors import one_line
 
 log = logging.getLogger("hs100local.serve")
 
@@ -56,7 +56,7 @@ class LoggingSink:
                 who += f" ({self.directory.alias(plug) or plug})"
             # Names and SNIs come from the network: escaped, they cannot start a forged
             # log line or send escape sequences to a terminal.
-            logging.getLogger(f"hs100local.{kind}").info("%s", printable(f"{who} {shown}"))
+            logging.getLogger(f"hs100local.{kind}").info("%s", one_line(f"{who} {shown}"))
 
     def count(self, kind: str, key: str, n: int = 1, *, client: str | None = None) -> None:
         self.store.count(kind, key, n, client=client)
