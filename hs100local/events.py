@@ -32,8 +32,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -612,9 +612,8 @@ class EventStore(_EventQueries):
         """Write one transaction; returns the rowids of ``inserts`` in order."""
         if conn.in_transaction:  # a failed ROLLBACK must not wedge every later BEGIN
             conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rowids = []
+        rowids = []
+        with _immediate(conn):
             for row, n, last in inserts:
                 cursor = conn.execute(_INSERT_EVENT, (row.at, row.kind, row.client,
                                                       row.details_json(), n, last, row.plug))
@@ -625,12 +624,6 @@ class EventStore(_EventQueries):
                 now = time.time()
                 conn.execute(_INSERT_EVENT, (now, STORE_KIND, None,
                                              json.dumps({"dropped": drops}), 1, now, None))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with suppress(sqlite3.Error):  # the original error is the one to report
-                    conn.execute("ROLLBACK")
-            raise
         return rowids
 
     # -- reading and pruning
@@ -796,16 +789,23 @@ class EventReader(_EventQueries):
 
 def _deleting(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
     """Run DELETE ``statements`` in one write transaction; returns the rows deleted."""
+    with _immediate(conn):
+        return sum(conn.execute(sql, args).rowcount for sql, args in statements)
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction: committed at the end of the block, rolled
+    back if it raises (the block's error is the one reported, not the rollback's)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        deleted = sum(conn.execute(sql, args).rowcount for sql, args in statements)
+        yield
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
-            with suppress(sqlite3.Error):  # the original error is the one to report
+            with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
-    return deleted
 
 
 def _event_from_row(row: sqlite3.Row, path: Path) -> Event:
