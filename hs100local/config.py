@@ -25,6 +25,8 @@ from hs100local.hostport import parse_hostport
 
 Address = tuple[str, int]
 
+#: where the service files and the commands that need the companion's addresses look
+DEFAULT_PATH = Path("/etc/hs100local/hs100local.toml")
 DEMO_DNS = ("127.0.0.1", 5353)
 DEMO_NTP = ("127.0.0.1", 1123)
 DEMO_CLOUD = (("127.0.0.1", 8443), ("127.0.0.1", 50443))
@@ -270,3 +272,14 @@ def db_path(config: ServeConfig) -> Path:
     from hs100local.inventory import default_db_path
 
     return Path(config.db) if config.db else default_db_path()
+
+
+def zone_index(config: ServeConfig) -> int | None:
+    """The configured default zone as an index 0-109; None = this host's zone."""
+    if config.zone is None:
+        return None
+    if config.zone.isdigit():
+        return int(config.zone)
+    from hs100local.timezones import index_for_zone
+
+    return index_for_zone(config.zone)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hs100local.attribution import PlugDirectory, known_plugs
-from hs100local.config import ConfigError, ServeConfig, db_path, load
+from hs100local.config import ConfigError, ServeConfig, db_path, load, zone_index
 from hs100local.errors import one_line
 
 log = logging.getLogger("hs100local.serve")
@@ -276,16 +276,6 @@ def sinkhole_of(config: ServeConfig) -> Any:
     rules = (default_rules() if config.default_rules else []) + [
         parse_rule(r) for r in config.sinkhole]
     return Sinkhole(rules, ttl=config.ttl)
-
-
-def zone_index(config: ServeConfig) -> int | None:
-    if config.zone is None:
-        return None
-    if config.zone.isdigit():
-        return int(config.zone)
-    from hs100local.timezones import index_for_zone
-
-    return index_for_zone(config.zone)
 
 
 async def run(config: ServeConfig, *, config_path: str | None = None,
