@@ -268,6 +268,15 @@ def load(path: str | os.PathLike[str]) -> ServeConfig:
     return from_mapping(data, text_path)
 
 
+def load_or_default(path: str | os.PathLike[str] | None) -> tuple[ServeConfig, bool]:
+    """(config, whether a file was read): ``path``, else :data:`DEFAULT_PATH` when it
+    exists, else the defaults. For the commands that need the companion's addresses
+    (``firewall``, ``audit``) and find them where the service's file lives."""
+    if path is None and DEFAULT_PATH.exists():
+        path = DEFAULT_PATH
+    return (load(path), True) if path is not None else (ServeConfig(), False)
+
+
 def db_path(config: ServeConfig) -> Path:
     from hs100local.inventory import default_db_path
 
