@@ -200,7 +200,8 @@ def test_nft_policy():
     for base in ("input", "forward"):
         rules = _chain(text, base)
         assert rules[0].startswith("type filter hook")
-        assert rules[1].startswith("ct state established,related accept")  # first
+        assert rules[1].startswith("ct state related accept")  # first
+        assert rules[2].startswith("ct state established ct direction reply accept")
     assert "ether saddr @plug_macs jump plug_in" in text
     assert "ip saddr @plug_ipv4 jump plug_fwd" in text
     plug_in = _chain(text, "plug_in")
@@ -241,7 +242,9 @@ def test_iptables_policy():
     assert "-I PREROUTING 1 -m comment --comment hs100local -j HS100LOCAL-PREROUTING" in rules
     for chain in ("HS100LOCAL-INPUT", "HS100LOCAL-FORWARD"):
         first = next(r for r in rules if r.startswith(f"-A {chain} "))
-        assert "--ctstate RELATED,ESTABLISHED" in first
+        assert "--ctstate RELATED " in first
+        second = [r for r in rules if r.startswith(f"-A {chain} ")][1]
+        assert "--ctstate ESTABLISHED --ctdir REPLY" in second
     assert f"-m mac --mac-source {LAMP}" in text and "-s 198.18.1.50/32" in text
     assert "-d 198.18.1.50/32 -m comment --comment \"hs100local: to a plug\"" in text
     assert "-j REJECT --reject-with tcp-reset" in text

@@ -89,6 +89,10 @@ UNRELATED_NFT = """table inet unrelated {
 		type filter hook input priority 10; policy accept;
 		ip saddr @watched tcp dport 2022 accept comment "not ours"
 	}
+	chain forward {
+		type filter hook forward priority 10; policy accept;
+		ct state invalid drop comment "not ours: a router tracks connections"
+	}
 }
 """
 UNRELATED_IPTABLES = [
@@ -285,3 +289,52 @@ def test_one_selector_alone_is_enough(net, backend, selector):
     finally:
         firewall(net, "--remove", "--format", backend)
     assert ruleset(net) == before
+
+
+ECHO = r"""
+import socket, sys, threading
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+def echo(conn):
+    with conn:
+        while data := conn.recv(100):
+            conn.sendall(data)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],), daemon=True).start()
+"""
+#: connect, prove the connection works, then wait for the go (a line on a FIFO) and try
+#: again on the same connection: what a plug's long-lived cloud connection does
+LONG_CLIENT = r"""
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+conn.sendall(b"1"); assert conn.recv(1) == b"1"
+print("connected", flush=True)
+open(sys.argv[3]).read()
+try:
+    conn.sendall(b"2")
+    print("echo" if conn.recv(1) == b"2" else "closed", flush=True)
+except OSError as exc:
+    print(type(exc).__name__, flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_a_connection_opened_before_the_rules_dies_with_them(net, backend, tmp_path):
+    """A plug keeps its cloud connection open for days: applying the rules must end it,
+    not let it live on as 'established'."""
+    port = 8000 + (backend == "iptables")
+    server = net.wan.spawn([sys.executable, "-c", ECHO, WAN, str(port)], ready="ready")
+    server.wait_ready()
+    go = tmp_path / f"go-{backend}"
+    os.mkfifo(go)
+    client = net.plug.spawn([sys.executable, "-c", LONG_CLIENT, WAN, str(port), str(go)],
+                            ready="connected")
+    client.wait_ready()
+    try:
+        firewall(net, *apply_args(net, backend, "--mac", net.plug_mac, "--ip", PLUG))
+        go.write_text("go\n")
+        assert client.wait(10) == 0
+        assert client.stdout_text.split() == ["connected", "ConnectionResetError"]
+    finally:
+        firewall(net, "--remove", "--format", backend)
+        server.stop()

@@ -75,8 +75,13 @@ def _plug_jumps(chain: str, target: str, plan: Plan, ipv6: bool = False) -> list
     return lines
 
 
-def _established(chain: str) -> str:
-    return f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED {_comment('replies')} -j RETURN"
+def _established(chain: str) -> list[str]:
+    """Replies pass; a plug's own packets of an established connection do not: they meet
+    the policy again, so a cloud connection open before the rules were applied dies at
+    its next packet instead of living on (a plug keeps one open for days)."""
+    return [f"-A {chain} -m conntrack --ctstate RELATED {_comment('related')} -j RETURN",
+            f"-A {chain} -m conntrack --ctstate ESTABLISHED --ctdir REPLY "
+            f"{_comment('replies')} -j RETURN"]
 
 
 def _refuse(chain: str, icmp: str) -> list[str]:
@@ -91,8 +96,8 @@ def ipv4_tables(plan: Plan) -> list[TableRules]:
           "REDIRECT")}
     refuse = f"{_comment('everything else')} -j {c['REFUSE']}"
     allows = plan.allows()
-    rules = [_established(c["INPUT"]), *_plug_jumps(c["INPUT"], c["PLUG-IN"], plan),
-             _established(c["FORWARD"]), *_plug_jumps(c["FORWARD"], c["PLUG-FWD"], plan)]
+    rules = [*_established(c["INPUT"]), *_plug_jumps(c["INPUT"], c["PLUG-IN"], plan),
+             *_established(c["FORWARD"]), *_plug_jumps(c["FORWARD"], c["PLUG-FWD"], plan)]
     rules += [f"-A {c['FORWARD']} -d {ip}/32 {_comment('to a plug')} -j {c['TO-PLUG']}"
               for ip in plan.ips]
     rules += [_allow(c["PLUG-IN"], a) for a in allows] + [f"-A {c['PLUG-IN']} {refuse}"]
@@ -120,8 +125,8 @@ def ipv6_tables(plan: Plan) -> list[TableRules]:
     if not plan.macs:
         return []
     c = {name: PREFIX + name for name in ("INPUT", "FORWARD", "REFUSE")}
-    rules = [_established(c["INPUT"]), *_plug_jumps(c["INPUT"], c["REFUSE"], plan, True),
-             _established(c["FORWARD"]), *_plug_jumps(c["FORWARD"], c["REFUSE"], plan, True),
+    rules = [*_established(c["INPUT"]), *_plug_jumps(c["INPUT"], c["REFUSE"], plan, True),
+             *_established(c["FORWARD"]), *_plug_jumps(c["FORWARD"], c["REFUSE"], plan, True),
              *_refuse(c["REFUSE"], "icmp6-adm-prohibited")]
     return [TableRules("filter", tuple(c.values()), tuple(rules),
                        (("INPUT", c["INPUT"]), ("FORWARD", c["FORWARD"])))]

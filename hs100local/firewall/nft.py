@@ -69,7 +69,10 @@ def _chain(name: str, rules: list[str], hook: str | None = None) -> list[str]:
 
 def table_body(plan: Plan) -> list[str]:
     """The ``table inet hs100local { ... }`` definition, line by line."""
-    established = f"ct state established,related accept {_comment('replies')}"
+    # Replies pass; a plug's own packets of an established connection meet the policy
+    # again, so a cloud connection opened before the rules dies at its next packet.
+    established = [f"ct state related accept {_comment('related')}",
+                   f"ct state established ct direction reply accept {_comment('replies')}"]
     refuse = f"jump refuse {_comment('everything else')}"
     allows = plan.allows()
     lines = [f"table {FAMILY} {TABLE} {{", '\tcomment "hs100local: cloud isolation for smart'
@@ -81,9 +84,9 @@ def table_body(plan: Plan) -> list[str]:
     lines += ["\tset lan_ipv4 {", "\t\ttype ipv4_addr", "\t\tflags interval",
               '\t\tcomment "hs100local: may reach the plugs on 9999"',
               *_elements(plan.lan), "\t}", ""]
-    lines += _chain("input", [established, *_plug_jumps("plug_in")],
+    lines += _chain("input", [*established, *_plug_jumps("plug_in")],
                     f"type filter hook input priority {FILTER_PRIORITY}; policy accept;")
-    lines += _chain("forward", [established, *_plug_jumps("plug_fwd"),
+    lines += _chain("forward", [*established, *_plug_jumps("plug_fwd"),
                                 f"ip daddr @plug_ipv4 jump to_plug {_comment('to a plug')}"],
                     f"type filter hook forward priority {FILTER_PRIORITY}; policy accept;")
     lines += _chain("plug_in", [_allow(a) for a in allows] + [refuse])
