@@ -543,6 +543,15 @@ class EmulatedPlug:
         self._set_wall_clock(params, _require_int(params, "index", 0, 109))
         return {}
 
+    def sync_clock(self, unix_time: float) -> None:
+        """Set the wall clock to the instant ``unix_time`` and mark it synced, keeping
+        the zone: what an NTP answer does on a real plug (NTP carries an instant, the
+        zone index stays the one the app set). Energy used so far is credited to the
+        day the old clock said, as ``set_time`` does."""
+        self._sample_energy()
+        self.clock_offset = unix_time - self.clock()
+        self.time_synced = True
+
     # ------------------------------------------------------------------ cloud
     def cloud_bind(self, params: Params) -> Result:
         if not isinstance(params.get("username"), str) or not isinstance(
