@@ -1358,6 +1358,34 @@ def serve(config_file: str | None, dns_addrs: tuple[str, ...], ntp_addrs: tuple[
 # --------------------------------------------------------------- emulator
 
 
+def _cloud_settings(cloud: bool, dns_server: str | None, cloud_ca: str | None,
+                    cloud_port: int, retry: float, keepalive: float,
+                    ntp_names: tuple[str, ...], ntp_port: int, protocol: str) -> Any:
+    """``emulate --cloud``'s settings, or None without --cloud (then the other cloud
+    options are refused rather than silently ignored)."""
+    if not cloud:
+        if dns_server or cloud_ca or ntp_names:
+            raise click.UsageError("--dns, --cloud-ca and --ntp-name need --cloud")
+        return None
+    if protocol != "xor":
+        raise click.UsageError("--cloud emulates legacy (xor) firmware; not with --protocol klap")
+    if not dns_server:
+        raise click.UsageError("--cloud needs --dns ADDR[:PORT] (the plug's DNS server)")
+    from pathlib import Path
+
+    from hs100local.emulator.cloud import DEFAULT_NTP_NAMES, CloudSettings
+    from hs100local.errors import TargetError
+    from hs100local.hostport import parse_hostport
+
+    try:
+        host, port = parse_hostport(dns_server, 53)
+        return CloudSettings(dns=(host, port), cloud_port=cloud_port, retry=retry,
+                             keepalive=keepalive, ca_file=Path(cloud_ca) if cloud_ca else None,
+                             ntp_names=ntp_names or DEFAULT_NTP_NAMES, ntp_port=ntp_port)
+    except (ValueError, TargetError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--dns") from None
+
+
 def _model_names() -> list[str]:
     # Kept literal so --help need not import the emulator.
     return ["hs100", "hs105", "hs110", "hs110v2", "hs200", "hs300", "kp303"]
@@ -1387,11 +1415,42 @@ def _model_names() -> list[str]:
               help="Start the plug's clock here (local time in its zone) instead of at "
                    "this host's time; before 2001 it is unsynchronised like a plug after a "
                    "power cut (rules answer -11 until the clock is set).")
+@click.option("--cloud", is_flag=True,
+              help="Behave like a plug on the internet: keep time over NTP and keep trying "
+                   "the cloud over TLS (starts with its clock at 2000-01-01, as after a "
+                   "power cut, unless --clock-start).")
+@click.option("--dns", "dns_server", metavar="ADDR[:PORT]",
+              help="--cloud: the DNS server the plug got from DHCP (port 53 by default).")
+@click.option("--cloud-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--cloud: PEM of the only CA the plug trusts (default: a throwaway CA, "
+                   "so no server is trusted, like a real plug against anything but "
+                   "TP-Link).")
+@click.option("--cloud-port", type=click.IntRange(1, 65535), default=443, show_default=True,
+              help="--cloud: the cloud's TLS port (50443 on older firmware).")
+@click.option("--cloud-retry", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, metavar="SECONDS",
+              help="--cloud: wait between cloud attempts, after a lost connection, and "
+                   "after the whole NTP list failed.")
+@click.option("--cloud-keepalive", type=click.FloatRange(min=0.1), default=236.0,
+              show_default=True, metavar="SECONDS",
+              help="--cloud: keepalive interval while connected to a cloud it trusts.")
+@click.option("--ntp-name", "ntp_names", multiple=True, metavar="NAME",
+              help="--cloud: replace the rotating NTP name list (repeatable).")
+@click.option("--ntp-port", type=click.IntRange(1, 65535), default=123, show_default=True,
+              help="--cloud: the NTP port.")
 @click.option("-v", "--verbose", count=True, help="Log requests (-v) and protocol errors.")
 def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None,
             load_w: float, tz_index: int, udp: bool, protocol: str, sw_ver: str | None,
-            clock_start: Any, verbose: int) -> None:
-    """Run an emulated plug (a test double and a demo without hardware)."""
+            clock_start: Any, cloud: bool, dns_server: str | None, cloud_ca: str | None,
+            cloud_port: int, cloud_retry: float, cloud_keepalive: float,
+            ntp_names: tuple[str, ...], ntp_port: int, verbose: int) -> None:
+    """Run an emulated plug (a test double and a demo without hardware).
+
+    With --cloud it also does what a real plug does on its own: resolve a time
+    server and set its clock by SNTP, and connect to the cloud by TLS with a
+    plug-like ClientHello, trusting only its pinned CA (--cloud-ca), retrying,
+    and registering with keepalives when it reaches a server it trusts.
+    """
     import asyncio
     import logging
 
@@ -1411,6 +1470,12 @@ def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None
         mac = f"{MODELS[model].mac_prefix}:{digest[0:2]}:{digest[2:4]}:{digest[4:6]}"
     elif normalize_mac(mac) is None:
         raise click.BadParameter(f"{mac!r} is not a MAC address", param_hint="--mac")
+    cloud_settings = _cloud_settings(cloud, dns_server, cloud_ca, cloud_port, cloud_retry,
+                                     cloud_keepalive, ntp_names, ntp_port, protocol)
+    if cloud and clock_start is None:
+        from hs100local.emulator.plug import POWER_ON_CLOCK
+
+        clock_start = POWER_ON_CLOCK
     spec = MODELS[model]
     if sw_ver is not None:
         from dataclasses import replace
@@ -1444,9 +1509,21 @@ def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None
             on = f"{bind}:{server.port} ({'tcp+udp' if udp else 'tcp'})"
         click.echo(f"Emulating {what} on {on}; Ctrl-C stops", nl=True)
         sys.stdout.flush()
+        behaviour = None
+        if cloud_settings is not None:
+            from hs100local.emulator.cloud import PlugCloud
+
+            logging.getLogger("hs100local.emulator.cloud").setLevel(logging.INFO)
+            try:
+                client = PlugCloud(server.plug, cloud_settings, source=bind)
+            except (ValueError, OSError) as exc:  # e.g. --cloud-ca is no CA certificate
+                raise click.ClickException(f"--cloud-ca: {exc}") from None
+            behaviour = asyncio.create_task(client.run())
         try:
             await asyncio.Event().wait()
         finally:
+            if behaviour is not None:
+                behaviour.cancel()
             await server.close()
 
     try:
@@ -1495,5 +1572,6 @@ def main() -> None:
         sys.exit(130)
 
 
-# Reading the event store: events, watch, report (their own module, registered here).
-from hs100local import cli_events  # noqa: E402,F401
+# Commands in their own modules, registered on `cli` when imported: reading the event
+# store (events, watch, report), the firewall rules, the isolation audit.
+from hs100local import cli_audit, cli_events, cli_firewall  # noqa: E402,F401
