@@ -11,7 +11,9 @@ its own timeout, so one dead plug costs one timeout, not one per plug.
 one, the time keeper's clock check (which sets a clock that is off, lost or in
 the wrong zone); then applies the firewall for *every* plug in the inventory
 (the table is replaced as a whole, so applying it for a subset would drop the
-others' rules), and audits again.
+others' rules); reboots a plug that still holds a live cloud connection (the
+rules end it only at its next packet, a keepalive minutes away) and waits for it
+to come back; and audits again.
 """
 
 from __future__ import annotations
@@ -231,4 +233,50 @@ async def fix(config: ServeConfig, audit: Audit, records: Sequence[Any],
         except Hs100Error as exc:
             result = f"failed: {one_line(str(exc))}"
         done.append({"plug": "all", "mac": None, "action": "firewall", "result": result})
+    live = [row for row in audit.plugs if row.local and (row.cloud or {}).get("connected")]
+    if live:
+        done.extend(await asyncio.gather(*(_restart(row, ports[row.mac], timeout)
+                                           for row in live)))
     return done
+
+
+#: how long a rebooting plug may take to answer again (real ones take 10-30 s)
+REBOOT_WAIT = 90.0
+
+
+async def _answers(host: str, port: int, timeout: float) -> bool:
+    from hs100local.device import Plug
+
+    try:
+        async with Plug(host, port, timeout=timeout, retries=0) as plug:
+            await plug.sysinfo()
+        return True
+    except Hs100Error:
+        return False
+
+
+async def _restart(row: PlugAudit, port: int, timeout: float) -> dict[str, Any]:
+    """Reboot a plug that holds a cloud connection: a connection opened before the
+    firewall ends only at the plug's next packet (a keepalive, minutes away); after a
+    reboot the plug starts afresh into the new rules. Waits until it answers again."""
+    from hs100local.device import Plug
+
+    def note(result: str) -> dict[str, Any]:
+        return {"plug": row.alias, "mac": row.mac, "action": "reboot", "result": result}
+
+    try:
+        async with Plug(row.host, port, timeout=timeout, retries=1) as plug:
+            await plug.reboot(1)
+    except Hs100Error as exc:
+        return note(f"failed: {one_line(str(exc))}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REBOOT_WAIT
+    # The plug answers the reboot, then goes away: wait for that, then for its return
+    # (a plug gives no other sign; polling once a second is the only way to know).
+    for want in (False, True):
+        while await _answers(row.host, port, 1.0) != want:
+            if loop.time() > deadline:
+                return note(f"sent, but it did not {'come back' if want else 'go down'} "
+                            f"within {REBOOT_WAIT:.0f} s")
+            await asyncio.sleep(0.5)
+    return note("done: its cloud connection is gone, it is back")

@@ -1358,6 +1358,25 @@ def serve(config_file: str | None, dns_addrs: tuple[str, ...], ntp_addrs: tuple[
 # --------------------------------------------------------------- emulator
 
 
+async def _cloud_across_reboots(server: Any, client: Any) -> None:
+    """Run the plug's cloud behaviour; a reboot (``system.reboot``) ends it with the
+    plug's connections and starts it afresh when the plug is back, as on a real plug."""
+    import asyncio
+    import contextlib
+
+    while True:
+        running = asyncio.create_task(client.run())
+        down = asyncio.create_task(server.went_down.wait())
+        try:
+            await asyncio.wait({running, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (running, down):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await server.came_up.wait()
+
+
 def _cloud_settings(cloud: bool, dns_server: str | None, cloud_ca: str | None,
                     cloud_port: int, retry: float, keepalive: float,
                     ntp_names: tuple[str, ...], ntp_port: int, protocol: str) -> Any:
@@ -1518,7 +1537,7 @@ def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None
                 client = PlugCloud(server.plug, cloud_settings, source=bind)
             except (ValueError, OSError) as exc:  # e.g. --cloud-ca is no CA certificate
                 raise click.ClickException(f"--cloud-ca: {exc}") from None
-            behaviour = asyncio.create_task(client.run())
+            behaviour = asyncio.create_task(_cloud_across_reboots(server, client))
         try:
             await asyncio.Event().wait()
         finally:

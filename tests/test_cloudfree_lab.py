@@ -22,7 +22,9 @@ cloud attempt reaches our listener and is attributed to it, clocks come from our
 NTP and the time keeper, the LAN client still switches a plug, and ``audit`` says
 isolated and exits 0. Phase 2 (the test can fail): remove the firewall and point
 every plug's DNS upstream; the fake cloud sees every plug and ``audit`` says
-leaking and exits 1.
+leaking and exits 1. Phase 3: ``audit --fix`` (firewall, cloud server pointed at
+the companion, a reboot to end the live cloud connections) makes every plug
+isolated again, and the fake cloud sees no new registration.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def _events(db: Path, kind: str) -> list[tuple[str | None, str | None, dict, int
         except sqlite3.OperationalError:  # the table is not there yet
             return []
     return [(c, p, json.loads(d or "{}"), n) for c, p, d, n in rows]
+
+
+def _event_ids(db: Path, kind: str) -> list[tuple[int, str | None]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT id, plug FROM events WHERE kind=?", (kind,)).fetchall()
 
 
 def _cloud_log(path: Path) -> list[dict]:
@@ -292,4 +299,25 @@ def test_plugs_run_cloud_free_and_the_audit_proves_it(tmp_path, pinned_ca):
         assert report["isolated"] is False
         assert {p["verdict"] for p in report["plugs"]} == {"leaking"}, report["plugs"]
         assert all(not p["firewall"] for p in report["plugs"])
+
+        # Phase 3: `audit --fix` puts it right: the firewall again, the cloud server
+        # pointed at the companion, and a reboot ends the live cloud connections.
+        registered = len(_cloud_log(world.cloud_log))
+        before_fix = max((e[0] for e in _event_ids(world.db, "tls")), default=0)
+        fixed = world.hs100local("audit", "--fix", "--config", str(world.config), "--json",
+                                 check=False, timeout=180)
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        report = json.loads(fixed.stdout)
+        actions = Counter(f["action"] for f in report["fixes"])
+        assert actions["set_server_url"] == 3 and actions["reboot"] == 3, report["fixes"]
+        assert actions["firewall"] == 1
+        assert all(f["result"].startswith(("now", "applied", "done")) for f in report["fixes"]
+                   if f["action"] in ("set_server_url", "firewall", "reboot")), report["fixes"]
+        assert {p["verdict"] for p in report["plugs"]} == {"isolated"}, report["plugs"]
+        # back up, each plug goes for the server it was given: our listener
+        _wait("every plug at our listener again", lambda: {
+            mac for event_id, mac in _event_ids(world.db, "tls") if event_id > before_fix
+        } >= set(macs))
+        assert [e for e in _cloud_log(world.cloud_log)[registered:]
+                if e["event"] == "register"] == []
         serve.stop()

@@ -111,10 +111,12 @@ async def lookup_a(server: tuple[str, int], name: str, *, timeout: float = 2.0,
         local_addr=(source, 0) if source else None, family=socket.AF_INET)
     try:
         transport.sendto(build_query(name, qid))
-        try:
-            return await asyncio.wait_for(waiter.done, timeout)
-        except asyncio.TimeoutError:
-            raise LookupTimeout(f"no answer from {server[0]}:{server[1]} "
-                                f"within {timeout:g} s") from None
+        # asyncio.wait, not wait_for: before Python 3.12 wait_for can return an answer
+        # that came in the same loop iteration as a cancellation and lose the cancel
+        done, _ = await asyncio.wait({waiter.done}, timeout=timeout)
+        if not done:
+            raise LookupTimeout(f"no answer from {server[0]}:{server[1]} within {timeout:g} s")
+        return waiter.done.result()
     finally:
+        waiter.done.cancel()
         transport.close()

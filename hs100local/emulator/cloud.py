@@ -139,16 +139,12 @@ DEFAULT_NTP_NAMES = (
 PLUG_CIPHERS = "ALL:COMPLEMENTOFALL:!aNULL:@SECLEVEL=0"
 #: largest cloud message either way (4-byte length + JSON)
 MAX_MESSAGE = 16384
-#: bytes read per DNS datagram (a plug asks without EDNS: 512 would do)
-DNS_RECV = 4096
 #: bytes read per NTP datagram (48 + extension fields; more is not NTP)
 NTP_RECV = 1024
 #: bytes read from the TLS socket at a time (one full TLS record)
 TLS_RECV = 16384 + 2048
 #: most bytes a server may send before the handshake completes (certificates included)
 HANDSHAKE_LIMIT = 131072
-#: CNAMEs followed inside one answer
-MAX_CNAMES = 8
 #: seconds given to flushing the alert after a failed handshake
 ALERT_FLUSH = 1.0
 _WILDCARDS = ("", "0.0.0.0", "::")
@@ -314,70 +310,30 @@ async def _datagram_exchange(
 
 async def resolve_a(name: str, server: tuple[str, int], *, source: str | None = None,
                     timeout: float = 5.0) -> str:
-    """The first IPv4 address of ``name`` from ``server`` (one A query over UDP,
-    CNAMEs inside the answer followed); raises ``_Failed`` (nxdomain, nodata,
-    dns_timeout, dns_refused, dns_error, bad_name)."""
-    from dnslib import DNSRecord
+    """The first IPv4 address of ``name`` from ``server`` (one A query over UDP with
+    :func:`hs100local.dns.client.lookup_a`, CNAMEs inside the answer followed); raises
+    ``_Failed`` (nxdomain, nodata, dns_timeout, dns_refused, dns_error, bad_name)."""
+    from hs100local.dns.client import LookupTimeout, lookup_a
 
-    try:
-        query = DNSRecord.question(name, "A")
-        packet = query.pack()
-    except Exception:  # dnslib raises several types for a name it cannot encode
-        raise _Failed("bad_name", f"{name!r} is not a DNS name") from None
     host, port = server
-    sock = _socket(socket.SOCK_DGRAM, host, source)
     try:
-        sock.connect((host, port))  # only the server's datagrams reach us
-        reply = await _datagram_exchange(
-            sock, packet, DNS_RECV, timeout, lambda data: _dns_answer(data, query))
-    except asyncio.TimeoutError:
+        found = await lookup_a(server, name, timeout=timeout,
+                               source=bind_address(source, host))
+    except LookupTimeout:
         raise _Failed("dns_timeout", f"no answer from DNS {host}:{port} in {timeout:g} s") from None
     except ConnectionRefusedError:
         raise _Failed("dns_refused", f"DNS {host}:{port} refused (port closed)") from None
     except OSError as exc:
         raise _Failed("dns_error", f"DNS {host}:{port}: {exc.strerror or exc}") from None
-    finally:
-        sock.close()
-    return _address_in(reply, name)
-
-
-def _dns_answer(data: bytes, query: Any) -> Any:
-    """The parsed reply if ``data`` answers ``query`` (same ID and question), else None."""
-    from dnslib import DNSRecord
-
-    try:
-        reply = DNSRecord.parse(data)
-    except Exception:  # garbage: not our answer
-        return None
-    header = reply.header
-    if header.id != query.header.id or not header.qr or len(reply.questions) != 1:
-        return None
-    if reply.q.qname != query.q.qname or reply.q.qtype != query.q.qtype:
-        return None
-    return reply
-
-
-def _address_in(reply: Any, name: str) -> str:
-    """The A record for the question's name in ``reply``, through CNAMEs in it."""
-    from dnslib import QTYPE, RCODE
-
-    rcode = reply.header.rcode
-    if rcode == RCODE.NXDOMAIN:
+    except Exception:  # dnslib raises several types for a name it cannot encode
+        raise _Failed("bad_name", f"{name!r} is not a DNS name") from None
+    if found.rcode == "NXDOMAIN":
         raise _Failed("nxdomain", f"{name}: NXDOMAIN")
-    if rcode != RCODE.NOERROR:
-        raise _Failed("dns_error", f"{name}: {RCODE.get(rcode, rcode)}")
-    target = reply.q.qname
-    for _ in range(MAX_CNAMES + 1):
-        for rr in reply.rr:
-            if rr.rtype == QTYPE.A and rr.rclass == 1 and rr.rname == target:
-                with contextlib.suppress(ValueError):
-                    return str(ipaddress.IPv4Address(str(rr.rdata)))
-        aliases = [rr.rdata.label for rr in reply.rr
-                   if rr.rtype == QTYPE.CNAME and rr.rname == target]
-        if not aliases:
-            break
-        target = aliases[0]
-    raise _Failed("nodata", f"{name}: no A record")
+    if found.rcode != "NOERROR":
+        raise _Failed("dns_error", f"{name}: {found.rcode}")
+    if not found.addresses:
+        raise _Failed("nodata", f"{name}: no A record")
+    return found.addresses[0]
 
 
 # ---------------------------------------------------------------------- NTP
