@@ -429,26 +429,15 @@ def throwaway_ca_pem() -> bytes:
     import datetime
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                         "hs100local emulated plug CA (throwaway)")])
+    from hs100local.tls.cert import self_signed
+
     start = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=365 * 60))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return self_signed(ec.generate_private_key(ec.SECP256R1()),
+                       "hs100local emulated plug CA (throwaway)", start,
+                       start + datetime.timedelta(days=365 * 60),
+                       [(x509.BasicConstraints(ca=True, path_length=None), True)])
 
 
 class _TlsChannel:
@@ -553,6 +542,15 @@ def _session_failure(exc: ssl.SSLError) -> _Failed:
         if reason.startswith(prefix):
             return _Failed("server_alert", f"the server sent alert {reason[len(prefix):].lower()}")
     return _Failed("tls_error", f"TLS error: {reason.lower() or exc}")
+
+
+def _io_failure(exc: OSError) -> _Failed:
+    """What an error while talking to a connected server means, as an outcome."""
+    if isinstance(exc, ssl.SSLError):
+        return _session_failure(exc)
+    if isinstance(exc, ConnectionResetError):
+        return _Failed("reset", "reset by the server")
+    return _Failed("socket_error", f"socket error: {exc.strerror or exc}")
 
 
 def frame(message: dict[str, Any]) -> bytes:
@@ -817,12 +815,8 @@ class PlugCloud:
                 data = await channel.receive(wait)
             except asyncio.TimeoutError:
                 continue  # nothing came before the next keepalive is due
-            except ssl.SSLError as exc:
-                raise _session_failure(exc) from None
-            except ConnectionResetError:
-                raise _Failed("reset", "reset by the server") from None
             except OSError as exc:
-                raise _Failed("socket_error", f"socket error: {exc.strerror or exc}") from None
+                raise _io_failure(exc) from None
             for message in frames.feed(data):
                 self.stats.messages_received += 1
                 self._changed()
@@ -833,12 +827,8 @@ class PlugCloud:
             await channel.send(frame(message), timeout)
         except asyncio.TimeoutError:
             raise _Failed("timeout", f"the server took no data for {timeout:g} s") from None
-        except ssl.SSLError as exc:
-            raise _session_failure(exc) from None
-        except ConnectionResetError:
-            raise _Failed("reset", "reset by the server") from None
         except OSError as exc:
-            raise _Failed("socket_error", f"socket error: {exc.strerror or exc}") from None
+            raise _io_failure(exc) from None
 
     def _registration(self) -> dict[str, Any]:
         info = self.plug.get_sysinfo({})

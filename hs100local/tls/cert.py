@@ -22,6 +22,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("hs100local.tls")
 
@@ -95,43 +96,50 @@ def _print_new_pair() -> None:
     sys.stdout.buffer.flush()
 
 
+def self_signed(key: Any, common_name: str, not_before: datetime.datetime,
+                not_after: datetime.datetime, extensions: list[tuple[Any, bool]]) -> bytes:
+    """A self-signed certificate (PEM) for ``key``: subject = issuer = ``common_name``,
+    a random serial, SHA-256, and the given (extension, critical) pairs. Shared by the
+    listener's certificate and the emulated plug's throwaway CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_after))
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def generate() -> tuple[bytes, bytes]:
     """A new self-signed RSA-2048 certificate for the cloud names: (cert PEM, key PEM)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, COMMON_NAME)])
     now = datetime.datetime.now(datetime.timezone.utc)
     names = [x509.DNSName(COMMON_NAME), *(x509.DNSName(n) for n in SUBJECT_ALT_NAMES)]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOT_BEFORE)
-        .not_valid_after(now + datetime.timedelta(days=365 * VALID_YEARS + 2))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    cert = self_signed(key, COMMON_NAME, NOT_BEFORE,
+                       now + datetime.timedelta(days=365 * VALID_YEARS + 2), [
+        (x509.SubjectAlternativeName(names), False),
+        (x509.BasicConstraints(ca=False, path_length=None), True),
         # keyEncipherment: the plug's TLS 1.0 suites use RSA key exchange
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, key_encipherment=True,
-                          content_commitment=False, data_encipherment=False,
-                          key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False),
-            critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
-        .sign(key, hashes.SHA256())
-    )
+        (x509.KeyUsage(digital_signature=True, key_encipherment=True,
+                       content_commitment=False, data_encipherment=False, key_agreement=False,
+                       key_cert_sign=False, crl_sign=False, encipher_only=False,
+                       decipher_only=False), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+    ])
     key_pem = key.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    return cert, key_pem
 
 
 def _check(cert_path: Path, key_path: Path) -> str | None:
