@@ -69,6 +69,11 @@ def judge_dns(server: str | None, answers: Sequence[Resolution | str],
         return DnsCheck(None, "off", "no DNS responder in the config")
     mine = set(own) | NULL_ADDRESSES
     resolved = tuple(a for a in answers if isinstance(a, Resolution))
+    for answer in resolved:  # one leaking name is a leak, whatever the others did
+        foreign = [a for a in answer.addresses if a not in mine]
+        if foreign:
+            return DnsCheck(server, "leaks",
+                            f"{answer.name} resolves to {', '.join(foreign)}", resolved)
     for answer in answers:
         if isinstance(answer, str):
             return DnsCheck(server, "no_answer", answer, resolved)
@@ -77,11 +82,6 @@ def judge_dns(server: str | None, answers: Sequence[Resolution | str],
                 else ""
             return DnsCheck(server, "no_answer", f"{answer.name}: {answer.rcode}{hint}",
                             resolved)
-    for answer in resolved:
-        foreign = [a for a in answer.addresses if a not in mine]
-        if foreign:
-            return DnsCheck(server, "leaks",
-                            f"{answer.name} resolves to {', '.join(foreign)}", resolved)
     shown = ", ".join(f"{a.name} -> {'/'.join(a.addresses) or a.rcode}" for a in resolved[:2])
     return DnsCheck(server, "sinkholed", f"cloud names sinkholed ({shown}, …)", resolved)
 

@@ -141,13 +141,15 @@ def recorded(db: Path, records: Sequence[Any], since: float, now: float) -> dict
 
 async def run_audit(config: ServeConfig, records: Sequence[Any], *, db: Path, since: float,
                     timeout: float = 3.0,
-                    firewall: Callable[[], FirewallView] = read_firewall) -> Audit:
+                    firewall: Callable[[], FirewallView] | None = None) -> Audit:
+    """Audit ``records``; ``firewall`` reads the installed rules (default
+    :func:`read_firewall`, looked up at call time so it can be replaced)."""
     now = time.time()
     rows = [PlugAudit(r.mac, r.alias, r.host, r.protocol or "xor") for r in records]
     ports = {r.mac: r.port for r in records}
     dns, *_ = await asyncio.gather(check_dns(config, timeout),
                                    *(ask_plug(row, ports[row.mac], timeout) for row in rows))
-    view = await asyncio.to_thread(firewall)
+    view = await asyncio.to_thread(firewall or read_firewall)
     seen = await asyncio.to_thread(recorded, db, records, since, now)
     for row in rows:
         report = seen.get(row.mac)

@@ -455,9 +455,11 @@ class EmulatedPlug:
         return {}
 
     def rebooted(self) -> None:
-        """The device came back up: uptime and relay on-times restart from zero."""
+        """The device came back up: uptime and relay on-times restart from zero, and
+        its cloud connection, if it had one, is gone."""
         now = self.clock()
         self.boot_time = now
+        self.cloud["cld_connection"] = 0
         for relay in (self.relay, *self.outlets):
             if relay.on:
                 relay.on_since = now
