@@ -853,3 +853,32 @@ def test_fakecloud_script_serves_and_logs_json_lines(ca, ca_file, tmp_path):
     register = next(e for e in logged if e["event"] == "register")
     assert register["port"] == ports[1] and register["peer"] == "127.0.0.1"
     assert register["params"]["deviceId"] == plug.device_id
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cloud"], "--cloud needs --dns"),
+    (["--dns", "127.0.0.1"], "need --cloud"),
+    (["--cloud", "--dns", "127.0.0.1", "--protocol", "klap"], "not with --protocol klap"),
+    (["--cloud", "--dns", "127.0.0.1:99999"], "--dns"),
+])
+def test_emulate_cloud_usage_errors(args, message):
+    from click.testing import CliRunner
+
+    from hs100local.cli import cli
+
+    result = CliRunner().invoke(cli, ["emulate", "--port", "0", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_emulate_cloud_refuses_a_ca_file_that_is_no_certificate(tmp_path):
+    from click.testing import CliRunner
+
+    from hs100local.cli import cli
+
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    result = CliRunner().invoke(cli, ["emulate", "--port", "0", "--cloud", "--dns",
+                                      "127.0.0.1", "--cloud-ca", str(bad)])
+    assert result.exit_code == 3, result.output
+    assert "--cloud-ca" in result.output
