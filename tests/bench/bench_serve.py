@@ -380,19 +380,10 @@ def start_ready_line(key: str, label: str, cmd: list[str],
 
 
 def write_config(path: Path, upstream_port: int, db: Path, mode: str) -> Path:
-    path.write_text(f"""
-dns = "127.0.0.1:0"
-ntp = "127.0.0.1:0"
-cloud = "127.0.0.1:0"
-upstream = "127.0.0.1:{upstream_port}"
-db = "{db}"
-assume-synced = true
-time-interval = 0
-discover-interval = 0
-cloud-mode = "{mode}"
-cloud-rate-limit = 0
-""")
-    return path
+    from servekit import write_config as serve_config  # tests/ (see servers.py)
+
+    return serve_config(path, upstream_port, db,
+                        f'cloud-mode = "{mode}"\ncloud-rate-limit = 0')
 
 
 # ------------------------------------------------------------------ 1. idle

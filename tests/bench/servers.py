@@ -8,8 +8,12 @@ import re
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+# the tests' helpers (servicekit, servekit) sit one folder up
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 READY = re.compile(r"\bon (\d+\.\d+\.\d+\.\d+):(\d+)\b")
 
@@ -108,19 +112,9 @@ def met(ok: bool) -> str:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free on ``host`` for both UDP and TCP (dnsmasq and serve bind both)."""
-    import socket
+    from servicekit import free_udp_tcp_port  # tests/, next to this folder
 
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise SystemExit(f"no free port on {host}")
+    return free_udp_tcp_port(host)
 
 
 def compile_loader(source: Path, workdir: Path) -> Path:
