@@ -567,11 +567,13 @@ def test_size_cap_deletes_the_oldest_events_first(tmp_path):
 
 
 def test_events_carry_the_plug_and_filter_by_plug_kind_and_id(tmp_path):
+    # recent times: the writer prunes at start, and rows from 1970 are past retention
+    t = float(int(time.time()))
     with EventStore(tmp_path / "e.db") as store:
-        store.record("dns", "10.0.0.5", {"name": "a"}, at=1000.0, plug="50:C7:BF:00:00:01")
-        store.record("tls", "10.0.0.5", {"ja3": "x"}, at=1001.0, plug="50:C7:BF:00:00:01")
-        store.record("dns", "10.0.0.6", {"name": "b"}, at=1002.0)  # not attributed
-        store.record("ntp", "10.0.0.7", {"v": 4}, at=1003.0)
+        store.record("dns", "10.0.0.5", {"name": "a"}, at=t, plug="50:C7:BF:00:00:01")
+        store.record("tls", "10.0.0.5", {"ja3": "x"}, at=t + 1, plug="50:C7:BF:00:00:01")
+        store.record("dns", "10.0.0.6", {"name": "b"}, at=t + 2)  # not attributed
+        store.record("ntp", "10.0.0.7", {"v": 4}, at=t + 3)
         store.flush()
         mine = store.events(plug="50:C7:BF:00:00:01")
         assert [(e.kind, e.plug) for e in mine] == [("dns", "50:C7:BF:00:00:01"),
@@ -581,5 +583,5 @@ def test_events_carry_the_plug_and_filter_by_plug_kind_and_id(tmp_path):
         assert [e.client for e in both] == ["10.0.0.5", "10.0.0.5", "10.0.0.6"]
         assert [e.kind for e in store.events(kind=["dns", "ntp"])] == ["dns", "dns", "ntp"]
         first = store.events()[0].id
-        assert [e.at for e in store.events(after_id=first + 1)] == [1002.0, 1003.0]
-        assert [e.at for e in store.events(since=1001.0, until=1003.0)] == [1001.0, 1002.0]
+        assert [e.at for e in store.events(after_id=first + 1)] == [t + 2, t + 3]
+        assert [e.at for e in store.events(since=t + 1, until=t + 3)] == [t + 1, t + 2]
