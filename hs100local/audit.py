@@ -103,6 +103,11 @@ class PlugAudit:
     outcomes: dict[str, int] = field(default_factory=dict)
     lookups: int = 0  # DNS queries of it recorded
     clock_offset_s: float | None = None
+    #: the relay as the plug reported it (None: a strip, or no answer)
+    relay_on: bool | None = None
+    #: a strip's outlets: {"index", "id", "alias", "on"}
+    outlets: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
     firewall: bool | None = None
     verdict: str = UNKNOWN
     reason: str = ""

@@ -114,6 +114,9 @@ async def ask_plug(row: PlugAudit, port: int, timeout: float) -> None:
                 row.local_error = f"another device ({info.mac}) answers at {row.host}"
                 return
             row.local = True
+            row.model, row.relay_on = info.model, info.relay_on
+            row.outlets = [{"index": o.index, "id": o.id, "alias": o.alias, "on": o.is_on}
+                           for o in info.children]
             zone = clock.tz_index if clock.tz_index is not None and 0 <= clock.tz_index <= 109 \
                 else host_index()
             try:

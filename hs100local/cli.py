@@ -1282,12 +1282,17 @@ def ntp(listen: tuple[str, ...], stratum: int, assume_synced: bool, ref_id: str 
 @click.option("--discover-interval", type=click.FloatRange(min=0), default=None,
               metavar="SECONDS", help="Discovery every SECONDS (default 3600; 0 = off).")
 @click.option("--user", default=None, help="Drop to this user after binding (when root).")
+@click.option("--web", "web_addrs", multiple=True, metavar="ADDR[:PORT]",
+              help="Web dashboard address (repeatable; port 8099 by default). Beyond "
+                   "loopback it needs a token or user/password in the [web] table.")
+@click.option("--no-web", is_flag=True, help="Leave the web dashboard out.")
 @click.option("-v", "--verbose", count=True, help="Debug logging.")
 def serve(config_file: str | None, dns_addrs: tuple[str, ...], ntp_addrs: tuple[str, ...],
           cloud_addrs: tuple[str, ...], upstreams: tuple[str, ...], db: str | None,
           assume_synced: bool | None, no_dns: bool, no_ntp: bool, no_cloud: bool,
           cloud_mode: str | None, rules: tuple[str, ...], time_interval: float | None,
-          discover_interval: float | None, user: str | None, verbose: int) -> None:
+          discover_interval: float | None, user: str | None, web_addrs: tuple[str, ...],
+          no_web: bool, verbose: int) -> None:
     """Run the cloud-isolation companion: DNS, NTP, cloud listener, time keeper, discovery.
 
     Without --config it is a demo on unprivileged loopback ports. SIGHUP reloads the
@@ -1308,13 +1313,13 @@ def serve(config_file: str | None, dns_addrs: tuple[str, ...], ntp_addrs: tuple[
 
     flags: dict[str, Any] = {}
     for key, values, off in (("dns", dns_addrs, no_dns), ("ntp", ntp_addrs, no_ntp),
-                             ("cloud", cloud_addrs, no_cloud)):
+                             ("cloud", cloud_addrs, no_cloud), ("web", web_addrs, no_web)):
         if off and values:
             raise click.UsageError(f"--{key} and --no-{key} contradict each other")
-        if off:
-            flags[key] = False
-        elif values:
-            flags[key] = list(values)
+        if off or values:
+            flags[key] = False if off else list(values)
+    if "web" in flags:
+        flags["web"] = {"listen": flags["web"]}
     for key, value in (("upstream", list(upstreams) or None), ("db", db),
                        ("assume-synced", assume_synced), ("cloud-mode", cloud_mode),
                        ("sinkhole", list(rules) or None), ("time-interval", time_interval),

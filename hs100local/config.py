@@ -30,12 +30,93 @@ DEFAULT_PATH = Path("/etc/hs100local/hs100local.toml")
 DEMO_DNS = ("127.0.0.1", 5353)
 DEMO_NTP = ("127.0.0.1", 1123)
 DEMO_CLOUD = (("127.0.0.1", 8443), ("127.0.0.1", 50443))
+DEFAULT_WEB_PORT = 8099
 CLOUD_MODES = ("handshake", "log", "reset")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
     """A bad value; the message names the key (and the file)."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The ``[web]`` table: the dashboard, off unless ``listen`` is given.
+
+    Beyond loopback it needs a ``token`` (a bearer token; browsers log in with it
+    once and get a cookie) or ``user`` and ``password`` (HTTP basic auth); the
+    file holding them should be readable by root only. ``refresh`` is how often
+    (seconds) the dashboard asks every plug for its state, clock and cloud status.
+    """
+
+    listen: tuple[Address, ...] = ()
+    token: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    refresh: float = 60.0
+
+    @property
+    def auth(self) -> str:
+        """"token", "basic" or "none"."""
+        return "token" if self.token else "basic" if self.user else "none"
+
+    @property
+    def loopback_only(self) -> bool:
+        return all(ipaddress.IPv4Address(host).is_loopback for host, _port in self.listen)
+
+
+WEB_KEYS = ("listen", "token", "token-file", "user", "password", "refresh")
+#: a token shorter than this is refused: it guards switching every plug in the house
+MIN_TOKEN = 16
+
+
+def _web(value: Any, source: str | None, base: WebConfig) -> WebConfig:
+    """The ``[web]`` table on top of ``base`` (a flag changes one key, keeps the rest)."""
+    where = _where(source, "web")
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: want a table, e.g. [web] listen = \"127.0.0.1:8099\"")
+    values: dict[str, Any] = {}
+    for key, item in value.items():
+        at = f"{where}.{key}"
+        if key == "listen":
+            values["listen"] = _addresses(item, DEFAULT_WEB_PORT, at, off=True)
+        elif key in ("token", "user", "password"):
+            if not isinstance(item, str) or not item or any(c in item for c in "\r\n"):
+                raise ConfigError(f"{at}: want a non-empty one-line string")
+            values[key] = item
+        elif key == "token-file":
+            values["token"] = _secret_file(item, at)
+        elif key == "refresh":
+            values["refresh"] = _number(item, at, 5)
+        else:
+            raise ConfigError(f"{at}: unknown key (known: {', '.join(WEB_KEYS)})")
+    if "listen" not in values and not base.listen:
+        values["listen"] = (("127.0.0.1", DEFAULT_WEB_PORT),)  # a [web] table turns it on
+    web = replace(base, **values)
+    if web.token is not None and len(web.token) < MIN_TOKEN:
+        raise ConfigError(f"{where}.token: want at least {MIN_TOKEN} characters "
+                          "(make one with: openssl rand -hex 16)")
+    if (web.user is None) != (web.password is None):
+        raise ConfigError(f"{where}: 'user' and 'password' go together (basic auth)")
+    if web.token is not None and web.user is not None:
+        raise ConfigError(f"{where}: give a token or user and password, not both")
+    if web.listen and not web.loopback_only and web.auth == "none":
+        raise ConfigError(f"{where}.listen: beyond loopback the dashboard needs a 'token' "
+                          "or 'user' and 'password': it can switch every plug")
+    return web
+
+
+def _secret_file(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: want a file name")
+    try:
+        with open(value, encoding="utf-8") as f:
+            text = f.read(4096).strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {value}: {exc.strerror or exc}") from None
+    if not text or "\n" in text:
+        raise ConfigError(f"{where}: {value} must hold the token on one line")
+    return text
 
 
 @dataclass(frozen=True)
@@ -73,6 +154,7 @@ class ServeConfig:
     # process
     user: str | None = None  # drop to this user after binding (when started as root)
     log_level: str = "info"
+    web: WebConfig = WebConfig()
     source: str | None = field(default=None, compare=False)  # the file read, for messages
 
     @property
@@ -242,11 +324,15 @@ def _convert(key: str, value: Any, source: str | None) -> tuple[str, Any]:
 def from_mapping(data: Mapping[str, Any], source: str | None = None,
                  base: ServeConfig | None = None) -> ServeConfig:
     """A config from parsed TOML (or flags), on top of ``base`` (default: the defaults)."""
-    values = {}
+    values: dict[str, Any] = {}
+    start = base or ServeConfig()
     for key, value in data.items():
+        if key == "web":
+            values["web"] = _web(value, source, start.web)
+            continue
         name, checked = _convert(str(key), value, source)
         values[name] = checked
-    config = replace(base or ServeConfig(), **values)
+    config = replace(start, **values)
     return replace(config, source=source or (base.source if base else None))
 
 

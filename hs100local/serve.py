@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,15 @@ class LoggingSink:
     def __init__(self, store: Any, directory: PlugDirectory | None = None) -> None:
         self.store = store
         self.directory = directory
+        #: events since start per (kind, plug MAC or None): counters for /metrics that
+        #: only grow (the store folds repeats and prunes old rows)
+        self.tally: Counter[tuple[str, str | None]] = Counter()
 
     def record(self, kind: str, client: str | None, details: dict[str, Any],
                *, at: float | None = None, plug: str | None = None) -> None:
         if plug is None and self.directory is not None:
             plug = self.directory.plug_for(client)
+        self.tally[kind, plug] += 1
         if self.store.record(kind, client, details, at=at, plug=plug):
             shown = " ".join(f"{k}={v}" for k, v in details.items() if v not in (None, "", []))
             who = client or "-"
@@ -98,6 +103,7 @@ class Daemon:
         self.services: list[Any] = []
         self.dns: Any = None
         self.keeper: Any = None
+        self.dashboard: Any = None
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -138,6 +144,18 @@ class Daemon:
                 limiter=RateLimiter(config.ntp_rate_limit, max(8.0, 2 * config.ntp_rate_limit))))
         if config.cloud:
             await self._add(self._cloud_listener(config))
+        if config.web.listen:
+            await self._add(self._web_server(config))
+
+    def _web_server(self, config: ServeConfig) -> Any:
+        from hs100local.web.app import Dashboard
+        from hs100local.web.server import HttpServer
+
+        self.dashboard = Dashboard(config, db=db_path(config),
+                                   tally=self.events.tally if self.events else None)
+        server = HttpServer(list(config.web.listen), self.dashboard.handle)
+        self.dashboard.http_stats = server.stats
+        return server
 
     def _dns_server(self, config: ServeConfig) -> Any:
         import ipaddress
@@ -189,6 +207,8 @@ class Daemon:
                 self.keeper.run_forever(config.time_interval, self.stop)))
         if config.discover_interval > 0:
             self._tasks.append(asyncio.create_task(self._discover_forever()))
+        if self.dashboard is not None:
+            self._tasks.append(asyncio.create_task(self.dashboard.run(self.stop)))
 
     async def _discover_forever(self) -> None:
         """Discovery at start and every ``discover_interval``: new plugs, moved plugs,
@@ -203,6 +223,8 @@ class Daemon:
                 changes = await record_async(found.plugs, db_path(config))
                 if changes:
                     await self.refresh_plugs()
+                    if self.dashboard is not None:
+                        self.dashboard.wake()
                 for change in changes:
                     log.info("discovery: %s", change.describe())
                     if self.events is not None:
@@ -245,7 +267,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("SIGHUP: config refused, keeping the running one: %s", exc)
             return False
-        rebind = [k for k in ("dns", "ntp", "cloud", "db", "user", "upstream")
+        rebind = [k for k in ("dns", "ntp", "cloud", "db", "user", "upstream", "web")
                   if getattr(fresh, k) != getattr(self.config, k)]
         if rebind:
             log.warning("SIGHUP: %s changed; that needs a restart", ", ".join(rebind))
@@ -266,6 +288,10 @@ class Daemon:
         parts = []
         for service in self.services:
             name = type(service).__name__.replace("Server", "").replace("Listener", "")
+            if name == "Http":
+                parts.append("dashboard on " + ", ".join(
+                    f"http://{h}:{p}/" for h, p in service.bound))
+                continue
             parts.append(f"{name.upper()} on {', '.join(f'{h}:{p}' for h, p in service.bound)}")
         return "; ".join(parts) + f"; events in {db_path(self.config)}"
 

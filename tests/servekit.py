@@ -37,6 +37,9 @@ class Serve:
         assert line.startswith("serving: "), (line, self.stop())
         self.ports = {name.lower(): int(port) for name, port in
                       re.findall(r"(DNS|NTP|CLOUD) on 127\.0\.0\.1:(\d+)", line)}
+        web = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", line)
+        if web is not None:
+            self.ports["web"] = int(web.group(1))
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from loopback_plugs import LoopbackPlugs
 from servicekit import LoopThread, free_udp_tcp_port, start_dnsmasq, stop_process
 
 from hs100local import audit_run, cli_audit
@@ -25,11 +26,8 @@ from hs100local import config as cfg
 from hs100local.cli import cli
 from hs100local.dns.rules import Sinkhole, default_rules
 from hs100local.dns.server import DnsServer
-from hs100local.emulator import MODELS, EmulatedPlug
-from hs100local.emulator.server import EmulatorThread
 from hs100local.events import EventStore
 from hs100local.inventory import Inventory
-from hs100local.results import DiscoveredPlug
 from hs100local.timezones import host_index, zoneinfo_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,34 +43,12 @@ def _no_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cfg, "DEFAULT_PATH", tmp_path / "etc" / "hs100local.toml")
 
 
-class Lab:
+class Lab(LoopbackPlugs):
     """Emulated plugs at 127.0.0.2, .3, … recorded in one inventory + event database."""
 
     def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path / "hs.db")
         self.tmp = tmp_path
-        self.db = tmp_path / "hs.db"
-        self.plugs: dict[str, EmulatorThread] = {}
-        self.macs: dict[str, str] = {}
-        self.hosts: dict[str, str] = {}
-
-    def add(self, alias: str, **plug_kw: Any) -> EmulatorThread:
-        n = len(self.macs) + 2
-        mac, host = f"50:C7:BF:00:00:{n:02X}", f"127.0.0.{n}"
-        plug_kw.setdefault("tz_index", host_index())  # the time keeper's zone: nothing to fix
-        plug = EmulatedPlug(MODELS["hs110"], alias=alias, mac=mac, **plug_kw)
-        emu = EmulatorThread(plug, host=host, port=0, reboot_downtime=0.05).__enter__()
-        self.plugs[alias], self.macs[alias], self.hosts[alias] = emu, mac, host
-        with Inventory(self.db) as inventory:
-            inventory.record([DiscoveredPlug(host, emu.port, mac, alias, "HS110(EU)", "2.0",
-                                             "1.5.6", f"DEV{n}", "off", "xor", True)])
-        return emu
-
-    def stop(self, alias: str) -> None:
-        self.plugs.pop(alias).__exit__(None, None, None)
-
-    def close(self) -> None:
-        for alias in list(self.plugs):
-            self.stop(alias)
 
     def covering(self, *aliases: str) -> View:
         """Rules covering the first plug by MAC, the others by address."""
