@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from hs100local.cli import cli
-from hs100local.config import ConfigError, ServeConfig, from_mapping, load
+from hs100local.config import WEB_KEYS, ConfigError, ServeConfig, from_mapping, load
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hs100local.toml"
 
@@ -40,15 +40,20 @@ BAD = {
     "discover-interval": (True, "number"),
     "interfaces": ([1], "strings"),
     "log-level": ("loud", "debug"),
+    "web": ({"listen": "192.0.2.1"}, "needs a 'token'"),
 }
 
 
 def test_the_example_documents_every_key_and_loads():
     config = load(EXAMPLE)
     text = EXAMPLE.read_text()
-    documented = set(re.findall(r"^([a-z-]+) = ", text, re.M)) | set(
+    top, _, web = text.partition("\n[web]\n")
+    documented = set(re.findall(r"^([a-z-]+) = ", top, re.M)) | set(
         re.findall(r"^\[([a-z]+)\]", text, re.M))
     assert documented == set(ServeConfig().key_names)
+    # the [web] table: every key, set or shown commented out
+    assert set(re.findall(r"^(?:# )?([a-z-]+) = ", web, re.M)) == set(WEB_KEYS)
+    assert config.web.listen == (("127.0.0.1", 8099),)
     assert config.dns == (("192.168.1.2", 53),) and config.upstream == (("192.168.1.1", 53),)
     assert config.zones == (("Holiday flat", 39),)
 

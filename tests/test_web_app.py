@@ -387,17 +387,31 @@ def test_token_auth_for_scripts_and_browsers(plugs: LoopbackPlugs) -> None:
         running.close()
 
 
-def test_failed_logins_are_rate_limited(plugs: LoopbackPlugs) -> None:
+def test_wrong_credentials_are_rate_limited(plugs: LoopbackPlugs) -> None:
     running = Site(plugs.db, cfg.WebConfig(listen=(("127.0.0.1", 0),), token=TOKEN))
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     try:
-        for _ in range(10):
+        for _ in range(5):
             response, _ = running.request("POST", "/login", "token=guess", form)
             assert response.status == 403
+        for _ in range(5):
+            response, _ = running.request("GET", "/api/plugs",
+                                          headers={"Authorization": "Bearer guess"})
+            assert response.status == 401
         response, body = running.request("POST", "/login", f"token={TOKEN}", form)
         assert response.status == 429 and b"Too many" in body
+        response, body = running.request("GET", "/api/plugs",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status == 429 and b"wait a minute" in body
     finally:
         running.close()
+    basic = Site(plugs.db, cfg.WebConfig(listen=(("127.0.0.1", 0),), user="u", password="p"))
+    try:
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"u:guess").decode()}
+        statuses = [basic.request("GET", "/", headers=wrong)[0].status for _ in range(11)]
+        assert statuses == [401] * 10 + [429]
+    finally:
+        basic.close()
 
 
 def test_basic_auth(plugs: LoopbackPlugs) -> None:
@@ -413,6 +427,7 @@ def test_basic_auth(plugs: LoopbackPlugs) -> None:
             assert response.status == 401, creds
         response, _ = running.request("GET", "/", headers={"Authorization": "Basic !!!"})
         assert response.status == 401
+        running.app.access._failures.clear()  # the wrong guesses above count toward a lockout
         good = {"Authorization": "Basic " + base64.b64encode(b"admin:correct horse").decode()}
         csrf = running.csrf(**good)
         # a browser resends basic credentials by itself, so POSTs still need the CSRF token

@@ -89,6 +89,7 @@ class Dashboard:
         self.http_stats: Any = None
         self.snapshot: Snapshot | None = None
         self._wanted = asyncio.Event()
+        self._checking = asyncio.Lock()
         self._routes: dict[tuple[str, str], Callable[[Request, Any], Awaitable[Response]]] = {
             ("GET", "/"): self._page,
             ("GET", "/chart.svg"): self._chart,
@@ -107,12 +108,14 @@ class Dashboard:
         """Audit every inventory plug now (the page's "Check now", and each refresh)."""
         from hs100local.audit_run import run_audit
 
-        records = await asyncio.to_thread(self._records)
-        now = self.clock()
-        audit = await run_audit(self.config, records, db=self.db, since=now - WINDOW_S,
-                                timeout=self.timeout)
-        self.snapshot = Snapshot(audit, self.clock())
-        return self.snapshot
+        # one check at a time: "Check now" pressed in a hurry must not flood the plugs
+        async with self._checking:
+            records = await asyncio.to_thread(self._records)
+            now = self.clock()
+            audit = await run_audit(self.config, records, db=self.db, since=now - WINDOW_S,
+                                    timeout=self.timeout)
+            self.snapshot = Snapshot(audit, self.clock())
+            return self.snapshot
 
     def wake(self) -> None:
         """Check again now (discovery found a change)."""
@@ -191,8 +194,12 @@ class Dashboard:
             return self._static(method, path[len("/static/"):])
         if path == "/login":
             return await self._login(request, method)
+        if self.access.locked_out(request):
+            return self._error(request, 429, "too many wrong credentials: wait a minute")
         who = self.access.identify(request)
         if who is None:
+            if request.header("authorization") is not None:
+                self.access.failed(request)
             return self._challenge(request)
         form: dict[str, list[str]] | None = None
         if method == "POST":

@@ -19,7 +19,8 @@ The dashboard switches plugs, so it guards three doors:
   requests whose ``Host`` is a loopback name or address, so a web page whose
   name was re-pointed at 127.0.0.1 cannot read the CSRF token from it.
 
-Failed logins are rate limited per client address.
+Wrong credentials (a login, a bearer token, basic auth) are rate limited per
+client address: after ten in a minute, that address gets 429 until it has waited.
 """
 
 from __future__ import annotations
@@ -177,16 +178,19 @@ class Access:
 
     def login(self, request: Request, token: str | None) -> bool:
         """Check a token typed into the login form; failures are rate limited."""
-        client = request.client[0]
         if self.mode != "token" or token is None:
             return False
         assert self.web.token is not None
         if _same(token, self.web.token):
             return True
+        self.failed(request)
+        return False
+
+    def failed(self, request: Request) -> None:
+        """Count wrong credentials from the request's address (see :meth:`locked_out`)."""
         if len(self._failures) > 10_000:  # many addresses failing: forget, stay bounded
             self._failures.clear()
-        self._failures.setdefault(client, []).append(time.monotonic())
-        return False
+        self._failures.setdefault(request.client[0], []).append(time.monotonic())
 
     def locked_out(self, request: Request) -> bool:
         """Too many failed logins from this address lately (checked before trying)."""
