@@ -68,6 +68,7 @@ class WebConfig:
 WEB_KEYS = ("listen", "token", "token-file", "user", "password", "refresh")
 #: a token shorter than this is refused: it guards switching every plug in the house
 MIN_TOKEN = 16
+MIN_PASSWORD = 8
 
 
 def _web(value: Any, source: str | None, base: WebConfig) -> WebConfig:
@@ -93,9 +94,13 @@ def _web(value: Any, source: str | None, base: WebConfig) -> WebConfig:
     if "listen" not in values and not base.listen:
         values["listen"] = (("127.0.0.1", DEFAULT_WEB_PORT),)  # a [web] table turns it on
     web = replace(base, **values)
-    if web.token is not None and len(web.token) < MIN_TOKEN:
-        raise ConfigError(f"{where}.token: want at least {MIN_TOKEN} characters "
-                          "(make one with: openssl rand -hex 16)")
+    if web.token is not None and (len(web.token) < MIN_TOKEN or not web.token.isascii()
+                                  or not all(c.isprintable() and not c.isspace()
+                                             for c in web.token)):
+        raise ConfigError(f"{where}.token: want at least {MIN_TOKEN} printable ASCII "
+                          "characters without spaces (make one with: openssl rand -hex 16)")
+    if web.password is not None and len(web.password) < MIN_PASSWORD:
+        raise ConfigError(f"{where}.password: want at least {MIN_PASSWORD} characters")
     if (web.user is None) != (web.password is None):
         raise ConfigError(f"{where}: 'user' and 'password' go together (basic auth)")
     if web.token is not None and web.user is not None:

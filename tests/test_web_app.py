@@ -401,11 +401,18 @@ def test_wrong_credentials_are_rate_limited(plugs: LoopbackPlugs) -> None:
         response, body = running.request("POST", "/login", f"token={TOKEN}", form)
         assert response.status == 429 and b"Too many" in body
         response, body = running.request("GET", "/api/plugs",
-                                         headers={"Authorization": f"Bearer {TOKEN}"})
+                                         headers={"Authorization": "Bearer guess"})
         assert response.status == 429 and b"wait a minute" in body
+        # the owner's token and session still get in: a stranger cannot lock them out
+        response, _ = running.request("GET", "/api/plugs",
+                                      headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status == 200
+        cookie = f"hs100local_session={running.app.access.session_value()}"
+        response, _ = running.request("GET", "/api/plugs", headers={"Cookie": cookie})
+        assert response.status == 200
     finally:
         running.close()
-    basic = Site(plugs.db, cfg.WebConfig(listen=(("127.0.0.1", 0),), user="u", password="p"))
+    basic = Site(plugs.db, cfg.WebConfig(listen=(("127.0.0.1", 0),), user="u", password="password"))
     try:
         wrong = {"Authorization": "Basic " + base64.b64encode(b"u:guess").decode()}
         statuses = [basic.request("GET", "/", headers=wrong)[0].status for _ in range(11)]
@@ -454,8 +461,11 @@ def test_web_config_rules(tmp_path: Path) -> None:
     assert TOKEN not in repr(cfg.from_mapping({"web": {"token": TOKEN}}))
     for bad, text in (({"listen": "192.0.2.1"}, "needs a 'token'"),
                       ({"token": "short"}, "at least 16"),
+                      ({"token": " " * 20}, "without spaces"),
+                      ({"token": "é" * 20}, "printable ASCII"),
+                      ({"user": "a", "password": "short"}, "at least 8"),
                       ({"user": "admin"}, "go together"),
-                      ({"token": TOKEN, "user": "a", "password": "b"}, "not both"),
+                      ({"token": TOKEN, "user": "a", "password": "b" * 8}, "not both"),
                       ({"token-file": str(tmp_path / "missing")}, "cannot read"),
                       ({"refresh": 1}, "out of range"),
                       ({"port": 1}, "unknown key"),
@@ -478,3 +488,47 @@ def test_serve_refuses_a_dashboard_beyond_loopback_without_auth(tmp_path: Path) 
     assert result.exit_code == 2 and "needs a 'token'" in result.output
     result = CliRunner().invoke(cli, ["serve", "--web", "127.0.0.1", "--no-web"])
     assert result.exit_code == 2 and "contradict" in result.output
+
+
+def test_sessions_expire_on_the_server_and_any_cookie_of_the_name_counts(
+        plugs: LoopbackPlugs) -> None:
+    running = Site(plugs.db, cfg.WebConfig(listen=(("127.0.0.1", 0),), token=TOKEN))
+    access = running.app.access
+    try:
+        old = access.session_value(now=time.time() - 31 * 86400)
+        fresh = access.session_value()
+        forged = f"{int(time.time())}.{'0' * 64}"
+        for value, status in ((old, 401), (forged, 401), ("x", 401), (fresh, 200)):
+            response, _ = running.request("GET", "/api/plugs",
+                                          headers={"Cookie": f"hs100local_session={value}"})
+            assert response.status == status, value
+        tossed = f"hs100local_session=junk; other=1; hs100local_session={fresh}"
+        response, _ = running.request("GET", "/api/plugs", headers={"Cookie": tossed})
+        assert response.status == 200
+    finally:
+        running.close()
+
+
+def test_an_open_dashboard_refuses_proxied_requests(site: Site) -> None:
+    for header in ("X-Forwarded-For", "Forwarded", "Via", "X-Real-IP"):
+        response, _ = site.request("GET", "/api/plugs", headers={header: "203.0.113.9"})
+        assert response.status == 421, header
+
+
+@pytest.mark.parametrize("since", ["1000000d", "9999-12-31T23:59:59-23:59",
+                                   "0001-01-01T00:00%2B23:59", "9" * 400 + "d", "nan"])
+def test_far_off_times_are_400_not_500(site: Site, since: str) -> None:
+    for path in ("/api/report", "/api/events"):
+        response, body = site.request("GET", f"{path}?since={since}")
+        assert response.status == 400, (path, since, body)
+
+
+@pytest.mark.parametrize("body", [b'{"on":true,"outlet":Infinity}', b'{"on":true,"outlet":1e400}',
+                                  b'{"on":NaN}', b"[" * 5000, b'{"on":true,"outlet":1.9}',
+                                  b'{"on":true,"outlet":true}', b"\xff\xfe"])
+def test_odd_switch_bodies_are_400(site: Site, plugs: LoopbackPlugs, body: bytes) -> None:
+    response, data = site.request("POST", f"/api/plugs/{plugs.macs['Strip']}/switch", body,
+                                  {"Content-Type": "application/json",
+                                   "X-CSRF-Token": site.csrf()})
+    assert response.status == 400, (body, data)
+    assert not any(o.on for o in plugs.plugs["Strip"].server.plug.outlets)

@@ -186,17 +186,18 @@ class Dashboard:
 
     async def _dispatch(self, request: Request) -> Response:
         if not self.access.host_allowed(request):
-            raise BadRequest(421, "this dashboard answers to loopback names only "
-                                  "(use http://127.0.0.1:PORT/)")
+            raise BadRequest(421, "without a token this dashboard answers to loopback names "
+                                  "only and not through a proxy (use http://127.0.0.1:PORT/, "
+                                  "or set a token in [web])")
         method = "GET" if request.method == "HEAD" else request.method
         path = request.path
         if path.startswith("/static/"):
             return self._static(method, path[len("/static/"):])
         if path == "/login":
             return await self._login(request, method)
-        if self.access.locked_out(request):
-            return self._error(request, 429, "too many wrong credentials: wait a minute")
         who = self.access.identify(request)
+        if (who is None or who.how == "basic") and self.access.locked_out(request):
+            return self._error(request, 429, "too many wrong credentials: wait a minute")
         if who is None:
             if request.header("authorization") is not None:
                 self.access.failed(request)
@@ -387,10 +388,14 @@ class Dashboard:
     def _since(self, request: Request, default: str = "24h") -> float:
         from hs100local.eventview import parse_since
 
+        now = self.clock()
         try:
-            return parse_since(request.first("since") or default, self.clock())
-        except (ValueError, Hs100Error) as exc:
+            start = parse_since(request.first("since") or default, now)
+        except (ValueError, OverflowError, OSError, Hs100Error) as exc:
             raise BadRequest(400, f"since: {one_line(str(exc))}") from None
+        if not 0 <= start <= now + 86400:  # also NaN: datetime would fail on it later
+            raise BadRequest(400, "since: want a time between 1970 and tomorrow")
+        return start
 
     async def _api_events(self, request: Request, form: Any) -> Response:
         from hs100local.eventview import event_json
@@ -414,6 +419,8 @@ class Dashboard:
         records = await asyncio.to_thread(self._records)
         plug = request.first("plug")
         if plug is not None:
+            if not plug:
+                raise BadRequest(400, "plug: want an alias or a MAC")
             record = _find(records, plug)
             selection["plug"] = record.mac
             selection["plug_addresses"] = [record.host]
@@ -477,7 +484,7 @@ class Dashboard:
         outlets = [{"index": o.index, "id": o.id, "alias": o.alias, "on": o.is_on}
                    for o in after.children]
         self._update_row(record.mac, after.relay_on, outlets)
-        log.info("dashboard: %s (%s) switched %s%s from %s", record.alias, record.mac,
+        log.info("dashboard: %s (%s) switched %s%s from %s", one_line(record.alias), record.mac,
                  "on" if on else "off", f" outlet {outlet}" if outlet else "",
                  request.client[0])
         if _wants_html(request):
@@ -515,8 +522,8 @@ def _switch_args(request: Request, form: dict[str, list[str]] | None) -> tuple[b
     kind = (request.header("content-type", "") or "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
-            body = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(request.body or b"null", parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest(400, "the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest(400, 'want a JSON object like {"on": true}')
@@ -529,13 +536,17 @@ def _switch_args(request: Request, form: dict[str, list[str]] | None) -> tuple[b
         raise BadRequest(400, "'on' is missing (true or false)")
     outlet = None
     if raw_outlet not in (None, ""):
-        try:
-            outlet = int(raw_outlet)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise BadRequest(400, f"outlet: want an index 1-n, got {raw_outlet!r}") from None
-        if outlet < 1:
-            raise BadRequest(400, f"outlet: want an index 1-n, got {outlet}")
+        text = str(raw_outlet) if isinstance(raw_outlet, int | str) and \
+            not isinstance(raw_outlet, bool) else ""
+        if not (text.isascii() and text.isdigit() and len(text) <= 3 and int(text) >= 1):
+            raise BadRequest(400, f"outlet: want an index 1-n, got "
+                                  f"{one_line(repr(raw_outlet))[:40]}")
+        outlet = int(text)
     return _flag(raw_on, "on"), outlet
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is no JSON value")
 
 
 def _outlet_id(info: Any, index: int) -> str:

@@ -20,7 +20,10 @@ The dashboard switches plugs, so it guards three doors:
   name was re-pointed at 127.0.0.1 cannot read the CSRF token from it.
 
 Wrong credentials (a login, a bearer token, basic auth) are rate limited per
-client address: after ten in a minute, that address gets 429 until it has waited.
+client address: after ten in a minute, that address gets 429 until it has waited;
+a valid session cookie or bearer token still gets in, so a stranger cannot lock
+the owner out (behind a proxy all clients share one address). Basic auth is the
+exception: its password is what is being guessed.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ CSRF_HEADER = "x-csrf-token"
 COOKIE_MAX_AGE = 30 * 86400
 #: failed logins allowed per client address within LOCKOUT_WINDOW seconds
 MAX_FAILURES, LOCKOUT_WINDOW = 10, 60.0
+#: headers a reverse proxy adds: an open (no auth) dashboard refuses such requests
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "via")
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,24 @@ class Access:
     def csrf_token(self) -> str:
         return hmac.new(self._secret, b"hs100local csrf", hashlib.sha256).hexdigest()
 
-    def session_value(self) -> str:
-        """The login cookie: derived from the token, so it dies with it."""
+    def _session_mac(self, issued: int) -> str:
         assert self.web.token is not None
-        return hmac.new(self.web.token.encode(), b"hs100local session",
+        return hmac.new(self.web.token.encode(), f"hs100local session {issued}".encode(),
                         hashlib.sha256).hexdigest()
+
+    def session_value(self, now: float | None = None) -> str:
+        """The login cookie: when it was issued and a MAC over that keyed by the token,
+        so the server itself ends it after COOKIE_MAX_AGE and a new token ends all."""
+        issued = int(time.time() if now is None else now)
+        return f"{issued}.{self._session_mac(issued)}"
+
+    def session_ok(self, value: str, now: float | None = None) -> bool:
+        issued_text, _, mac = value.partition(".")
+        if not issued_text.isascii() or not issued_text.isdigit() or len(issued_text) > 12:
+            return False
+        issued = int(issued_text)
+        age = (time.time() if now is None else now) - issued
+        return -300 <= age <= COOKIE_MAX_AGE and _same(mac, self._session_mac(issued))
 
     def session_cookie(self) -> str:
         return (f"{COOKIE}={self.session_value()}; Path=/; HttpOnly; SameSite=Strict; "
@@ -116,9 +134,12 @@ class Access:
     # -------------------------------------------------------------- checks
 
     def host_allowed(self, request: Request) -> bool:
-        """DNS rebinding guard: an open dashboard serves loopback Host names only."""
+        """An open dashboard serves loopback Host names only (DNS rebinding), and
+        nothing that came through a proxy: behind one, every client looks local."""
         if self.mode != "none":
             return True
+        if any(request.header(h) is not None for h in PROXY_HEADERS):
+            return False
         return is_loopback_host(request.header("host", "") or "")
 
     def identify(self, request: Request) -> Who | None:
@@ -131,8 +152,8 @@ class Access:
             assert self.web.token is not None
             if scheme == "bearer" and _same(value, self.web.token):
                 return Who("bearer")
-            cookie = request.cookies().get(COOKIE)
-            if cookie is not None and _same(cookie, self.session_value()):
+            # every cookie of our name: another service on this host may have set one
+            if any(self.session_ok(v) for v in _cookie_values(request, COOKIE)):
                 return Who("cookie")
             return None
         if scheme == "basic" and self._basic_ok(value):
@@ -201,6 +222,15 @@ class Access:
         else:
             self._failures.pop(request.client[0], None)
         return len(recent) >= MAX_FAILURES
+
+
+def _cookie_values(request: Request, name: str) -> list[str]:
+    values = []
+    for part in (request.header("cookie") or "").split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            values.append(value.strip().strip('"'))
+    return values
 
 
 def parse_form(request: Request) -> dict[str, list[str]]:

@@ -3,7 +3,7 @@
 Run by hand (not part of the test suite), with the interpreter hs100local is
 installed in::
 
-    python tests/bench/bench_web.py [--duration 5] [--connections 16] [--rounds 2]
+    python tests/bench/bench_web.py [--duration 5] [--connections 16] [--rounds 2]  # ~2 min
 
 Needs wrk, the HTTP load generator (Debian package ``wrk``:
 ``apt-get install -y wrk``). Only loopback traffic: the emulated plugs listen on
@@ -24,7 +24,10 @@ and renders real rows. Then:
    first check (``GET /`` for the CSRF token, then ``POST /api/check`` with
    ``X-CSRF-Token``, which returns once every plug was asked), and after the load
    runs.
-2. **Requests/s**, wrk with the same settings for every row
+2. **One at a time.** Each row below, and ``/chart.svg?range=7d``, gets 7
+   sequential GETs on one keep-alive connection (``http.client``): the median wall
+   time is the latency of a lone browser, and checks every answer is a 200.
+3. **Requests/s**, wrk with the same settings for every row
    (``-t THREADS -c CONNECTIONS -d DURATION --timeout 10s``, keep-alive, a Lua
    ``done()`` hook that prints the exact p50/p99), ``--rounds`` runs per row
    interleaved with rotating order, after an untimed 1 s warm-up of each row:
@@ -42,7 +45,10 @@ and renders real rows. Then:
 
    Per run: requests/s, p50/p99 latency (wrk's, in its own clock), non-2xx and
    socket errors, bytes per response, the server's CPU (utime + stime of all its
-   threads, % of one core) and wrk's.
+   threads, % of one core) and wrk's. After each run the next waits until the
+   server is idle (at most one 10 ms CPU tick in 0.2 s): the dashboard finishes
+   requests whose client has gone, and that backlog would otherwise be billed to
+   the next row; how long it took is the ``drain`` column.
 
 Prints the machine (CPU model, versions of python, sqlite and wrk, the commit),
 then markdown tables, the ratios (HttpServer static / stdlib static: transport
@@ -84,7 +90,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 WEEK = 7 * 86400.0
 CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
 DASHBOARD_PORT = re.compile(r"dashboard on http://127\.0\.0\.1:(\d+)/")
-EVENT_LINE = re.compile(r"^\S+ \S+ hs100local\.(tls|dns|ntp|time|firmware|discovery): ")
+EVENT_LINE = re.compile(r"^\S+ \S+ hs100local\.(tls|dns|ntp|time|firmware|discovery): "
+                        r"(\d+\.\d+\.\d+\.\d+|-) ")
 EXPECTED_LOG = ("creating the cloud listener's certificate",)
 
 #: the dashboard's rows (label, path), in the order of the report
@@ -98,6 +105,7 @@ DASHBOARD = [
 ]
 OURS_STATIC, STDLIB_STATIC = "HttpServer static (peer)", "stdlib static (peer)"
 SERVE_STATIC = "/static/dashboard.css"
+ALONE = 7  # sequential GETs per row before the load
 
 WRK_LUA = """
 done = function(summary, latency, requests)
@@ -209,10 +217,11 @@ def code_version() -> str:
                               check=False, stdin=subprocess.DEVNULL)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    commit = git("log", "--oneline", "-1") or "?"
+    commit = git("log", "-1", "--format=%h %s") or "?"
+    commit = commit if len(commit) <= 60 else commit[:57] + "..."
     state = "with uncommitted changes" if git("status", "--porcelain", "--", "hs100local") \
         else "as committed"
-    return f"commit {commit[:60]}; hs100local/ {state}"
+    return f"commit {commit}; hs100local/ {state}"
 
 
 # ------------------------------------------------------------------ set-up
@@ -357,14 +366,30 @@ def scan_log(log: Path) -> tuple[int, list[str]]:
     """Event lines, and the lines that are neither those nor expected notices."""
     events, odd = 0, []
     for line in log.read_text(errors="replace").splitlines():
+        if any(e in line for e in EXPECTED_LOG) or not line.strip():
+            continue
         if EVENT_LINE.match(line):
             events += 1
-        elif line.strip() and not any(e in line for e in EXPECTED_LOG):
+        else:
             odd.append(line)
     return events, odd
 
 
 # ------------------------------------------------------------------ wrk
+
+
+@dataclass
+class Memory:
+    """/proc/PID/status of the two serves at the points measured, and what they logged."""
+
+    noweb_ready: dict[str, int]
+    noweb_settled: dict[str, int]
+    web_ready: dict[str, int] = field(default_factory=dict)
+    web_checked: dict[str, int] = field(default_factory=dict)
+    web_after: dict[str, int] = field(default_factory=dict)
+    check_s: float = float("nan")
+    checked: tuple[int, int, int] = (0, 0, 0)  # plugs checked, reachable, listed
+    logs: dict[str, tuple[int | None, int, list[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -375,6 +400,7 @@ class Target:
     pid: int
     group: str  # "dashboard" or "peer"
     size: int = 0  # body bytes of one response
+    alone: float = float("nan")  # median seconds of one GET at a time (keep-alive)
 
 
 @dataclass
@@ -399,6 +425,25 @@ class Results:
     def median(self, key: str, attr: str) -> float:
         values = [getattr(r, attr) for r in self.runs.get(key, [])]
         return statistics.median(values) if values else float("nan")
+
+
+def one_at_a_time(target: Target) -> tuple[int, float]:
+    """Body bytes and the median wall time of ALONE sequential GETs (keep-alive)."""
+    conn = http.client.HTTPConnection(HOST, target.port, timeout=30)
+    times, size = [], 0
+    try:
+        for _ in range(ALONE):
+            started = time.perf_counter()
+            conn.request("GET", target.path)
+            response = conn.getresponse()
+            body = response.read()
+            times.append(time.perf_counter() - started)
+            if response.status != 200:
+                raise SystemExit(f"{target.key}: {response.status} {body[:300]!r}")
+            size = len(body)
+    finally:
+        conn.close()
+    return size, statistics.median(times)
 
 
 def run_wrk(wrk: str, lua: Path, target: Target, args: argparse.Namespace,
@@ -463,23 +508,25 @@ def measure(args: argparse.Namespace, tmp: Path, db: Path, wrk: str, lua: Path,
     # 1. memory: serve --no-web (same config), then serve with the dashboard
     noweb = start_serve(config, tmp / "serve-noweb.log", procs, "--no-web")
     time.sleep(args.settle)
-    noweb_settled = proc_status(noweb.pid)
+    mem = Memory(noweb.rss_ready, proc_status(noweb.pid))
     stop(noweb.popen, 15)
-    noweb_code = noweb.popen.returncode
     print(f"serve --no-web: VmRSS {mb(noweb.rss_ready['VmRSS'])} at ready, "
-          f"{mb(noweb_settled['VmRSS'])} {args.settle:g} s later; exit {noweb_code}", flush=True)
+          f"{mb(mem.noweb_settled['VmRSS'])} {args.settle:g} s later; "
+          f"exit {noweb.popen.returncode}", flush=True)
 
     web = start_serve(config, tmp / "serve-web.log", procs)
     if web.port is None:
         raise SystemExit(f"no dashboard in serve's ready line: {web.line}")
     print(f"serve: {web.line}", flush=True)
-    check_s, payload = first_check(web.port)
-    web_checked = proc_status(web.pid)
+    mem.web_ready = web.rss_ready
+    mem.check_s, payload = first_check(web.port)
+    mem.web_checked = proc_status(web.pid)
     plugs = payload.get("plugs", [])
-    asked = sum(1 for p in plugs if p.get("checked"))
-    reachable = sum(1 for p in plugs if p.get("reachable"))
-    print(f"first check: POST /api/check took {check_s:.2f} s; {asked}/{len(plugs)} plugs "
-          f"checked, {reachable} reachable; VmRSS {mb(web_checked['VmRSS'])}", flush=True)
+    mem.checked = (sum(1 for p in plugs if p.get("checked")),
+                   sum(1 for p in plugs if p.get("reachable")), len(plugs))
+    print(f"first check: POST /api/check took {mem.check_s:.2f} s; {mem.checked[0]}/"
+          f"{len(plugs)} plugs checked, {mem.checked[1]} reachable; "
+          f"VmRSS {mb(mem.web_checked['VmRSS'])}", flush=True)
 
     # 2. the peers, each in its own process
     stdlib_proc, stdlib_port = start_server([sys.executable, "-c", STDLIB_SERVER], procs=procs)
@@ -487,13 +534,14 @@ def measure(args: argparse.Namespace, tmp: Path, db: Path, wrk: str, lua: Path,
     targets = [Target(key, web.port, path, web.pid, "dashboard") for key, path in DASHBOARD]
     targets += [Target(OURS_STATIC, ours_port, "/dashboard.css", ours_proc.pid, "peer"),
                 Target(STDLIB_STATIC, stdlib_port, "/dashboard.css", stdlib_proc.pid, "peer")]
-    print("\nresponses (one GET each, before the load):")
-    for target in targets:
-        status, body = request(target.port, "GET", target.path)
-        target.size = len(body)
-        print(f"  {target.key:<26} {status} {len(body):>8,} bytes", flush=True)
-        if status != 200:
-            raise SystemExit(f"{target.key}: {status} {body[:300]!r}")
+    print(f"\nresponses, before the load: {ALONE} GETs one at a time on one connection "
+          "(median wall time)")
+    extra = Target("/chart.svg?range=7d (no wrk)", web.port, "/chart.svg?range=7d", web.pid,
+                   "probe")
+    for target in [*targets, extra]:
+        target.size, target.alone = one_at_a_time(target)
+        print(f"  {target.key:<30} {target.size:>8,} bytes  {target.alone * 1e3:>7.2f} ms",
+              flush=True)
 
     print(f"\nwarm-up: 1 s of wrk per row; then {args.rounds} round(s) of {args.duration:g} s "
           f"per row (wrk -t{args.threads} -c{args.connections}, keep-alive, rotating order)")
@@ -510,29 +558,23 @@ def measure(args: argparse.Namespace, tmp: Path, db: Path, wrk: str, lua: Path,
             print(f"  {target.key:<26} {r.rate:>9,.0f} {ms(r.p50_us):>9} {ms(r.p99_us):>9} "
                   f"{ms(r.max_us):>9} {r.bytes_per_request:>7,.0f} {r.server_cpu:>9.0f}% "
                   f"{r.wrk_cpu:>7.0f}% {r.drain:>5.1f}s  {r.errors or ''}", flush=True)
-    web_after = proc_status(web.pid)
+    mem.web_after = proc_status(web.pid)
     stop(web.popen, 15)
-    events, odd = scan_log(web.log)
-    _, odd_noweb = scan_log(noweb.log)
-    summary(args, report, targets, results, noweb, noweb_settled, web, web_checked, web_after,
-            check_s, (asked, reachable, len(plugs)),
-            {"serve": (web.popen.returncode, events, odd),
-             "serve --no-web": (noweb_code, 0, odd_noweb)})
+    for name, serve in (("serve", web), ("serve --no-web", noweb)):
+        mem.logs[name] = (serve.popen.returncode, *scan_log(serve.log))
+    summary(args, report, targets, [extra], results, mem)
 
 
 def summary(args: argparse.Namespace, report: list[str], targets: list[Target],
-            results: Results, noweb: Serve, noweb_settled: dict[str, int], web: Serve,
-            web_checked: dict[str, int], web_after: dict[str, int], check_s: float,
-            checked: tuple[int, int, int], logs: dict[str, tuple[int | None, int, list[str]]],
-            ) -> None:
+            probes: list[Target], results: Results, mem: Memory) -> None:
     p = report.append
     med = f"median of {args.rounds}" if args.rounds > 1 else "1 run"
     p(f"## Requests/s (wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
       f"keep-alive, {med})")
     p("")
-    p("| row | req/s | runs | p50 | p99 | body bytes | server CPU | wrk CPU "
-      "| vs HttpServer static | vs serve's static | errors |")
-    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    p("| row | req/s | runs | p50 | p99 | alone | body bytes | server CPU | wrk CPU | drain "
+      "| / HttpServer static | / serve's static | errors |")
+    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     ours = results.median(OURS_STATIC, "rate")
     served = results.median(SERVE_STATIC, "rate")
     for t in targets:
@@ -545,16 +587,23 @@ def summary(args: argparse.Namespace, report: list[str], targets: list[Target],
         vs_serve = f"{rate / served:.3f}" if t.group == "dashboard" else "-"
         p(f"| {t.key} | **{rate:,.0f}** | {min(r.rate for r in rs):,.0f}-"
           f"{max(r.rate for r in rs):,.0f} | {ms(results.median(t.key, 'p50_us'))} | "
-          f"{ms(results.median(t.key, 'p99_us'))} | {t.size:,} | "
+          f"{ms(results.median(t.key, 'p99_us'))} | {ms(t.alone * 1e6)} | {t.size:,} | "
           f"{results.median(t.key, 'server_cpu'):.0f} % | "
-          f"{results.median(t.key, 'wrk_cpu'):.0f} % | {rate / ours:.3f} | {vs_serve} | "
+          f"{results.median(t.key, 'wrk_cpu'):.0f} % | "
+          f"{results.median(t.key, 'drain'):.1f} s | {rate / ours:.3f} | {vs_serve} | "
           f"{errors or 'none'} |")
+    for t in probes:
+        p(f"| {t.key} | - | - | - | - | {ms(t.alone * 1e6)} | {t.size:,} | - | - | - | - | - "
+          "| - |")
     p("")
+    p(f"* `alone`: median of {ALONE} GETs one at a time on one keep-alive connection, "
+      "before the load. `drain`: how long the server kept working after wrk stopped "
+      "(requests whose client had gone; 0.2 s is the floor of the measurement).")
     stdlib = results.median(STDLIB_STATIC, "rate")
     p(f"* transport vs transport: HttpServer static / stdlib ThreadingHTTPServer static = "
       f"**{ours / stdlib:.2f}** ({ours:,.0f} vs {stdlib:,.0f} req/s, same body bytes).")
     p(f"* serve's own `/static/dashboard.css` / HttpServer static = **{served / ours:.2f}** "
-      "(routing, auth checks, CSP header and the file read per request).")
+      "(routing, the Host check, the CSP header, the file read per request).")
     costs = []
     for t in targets:
         if t.group != "dashboard" or t.key == SERVE_STATIC:
@@ -563,28 +612,27 @@ def summary(args: argparse.Namespace, report: list[str], targets: list[Target],
         costs.append(f"{t.key} {1e3 / rate - 1e3 / served:.2f} ms")
     p("* time per request at saturation above serve's static route (1/rate - 1/rate of "
       f"`{SERVE_STATIC}`): " + ", ".join(costs) + ".")
-
     p("")
     p("## serve's memory (VmRSS)")
     p("")
     p("| serve | at ready line | after the first check / settle | after the load | "
       "RssAnon (last) | threads (last) |")
     p("| --- | --- | --- | --- | --- | --- |")
-    p(f"| `--no-web` (same config) | {mb(noweb.rss_ready['VmRSS'])} | "
-      f"{mb(noweb_settled['VmRSS'])} ({args.settle:g} s later) | - | "
-      f"{mb(noweb_settled.get('RssAnon', 0))} | {noweb_settled.get('Threads', 0)} |")
-    p(f"| with `[web]` | {mb(web.rss_ready['VmRSS'])} | {mb(web_checked['VmRSS'])} | "
-      f"{mb(web_after['VmRSS'])} | {mb(web_after.get('RssAnon', 0))} | "
-      f"{web_after.get('Threads', 0)} |")
+    settled, checked, after = mem.noweb_settled, mem.web_checked, mem.web_after
+    p(f"| `--no-web` (same config) | {mb(mem.noweb_ready['VmRSS'])} | "
+      f"{mb(settled['VmRSS'])} ({args.settle:g} s later) | - | "
+      f"{mb(settled.get('RssAnon', 0))} | {settled.get('Threads', 0)} |")
+    p(f"| with `[web]` | {mb(mem.web_ready['VmRSS'])} | {mb(checked['VmRSS'])} | "
+      f"{mb(after['VmRSS'])} | {mb(after.get('RssAnon', 0))} | {after.get('Threads', 0)} |")
     p("")
-    asked, reachable, n = checked
+    asked, reachable, n = mem.checked
     p(f"* dashboard on, idle after the first check - dashboard off: "
-      f"**{(web_checked['VmRSS'] - noweb_settled['VmRSS']) / 1024:+.1f} MB** "
-      f"({web_checked['VmRSS'] / noweb_settled['VmRSS']:.2f}x); after the load runs "
-      f"{(web_after['VmRSS'] - noweb_settled['VmRSS']) / 1024:+.1f} MB.")
-    p(f"* first check (`POST /api/check`): {check_s:.2f} s, {asked}/{n} plugs checked, "
+      f"**{(checked['VmRSS'] - settled['VmRSS']) / 1024:+.1f} MB** "
+      f"({checked['VmRSS'] / settled['VmRSS']:.2f}x); after the load runs "
+      f"{(after['VmRSS'] - settled['VmRSS']) / 1024:+.1f} MB.")
+    p(f"* first check (`POST /api/check`): {mem.check_s:.2f} s, {asked}/{n} plugs checked, "
       f"{reachable} reachable.")
-    for name, (code, events, odd) in logs.items():
+    for name, (code, events, odd) in mem.logs.items():
         p(f"* {name}: exit code {code}; stderr {events:,} event lines, "
           f"{len(odd)} other" + (":" if odd else "."))
         for line in odd[:10]:

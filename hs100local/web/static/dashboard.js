@@ -71,9 +71,20 @@
     const link = event.target.closest("nav.ranges a");
     if (!link) return;
     event.preventDefault();
-    const response = await fetch("/chart.svg?range=" + encodeURIComponent(link.dataset.range),
-                                 { credentials: "same-origin" });
-    if (!response.ok) { showError("chart: " + response.statusText); return; }
+    let response;
+    try {
+      response = await fetch("/chart.svg?range=" + encodeURIComponent(link.dataset.range),
+                             { credentials: "same-origin", redirect: "manual" });
+    } catch (error) {
+      showError("chart: " + error.message);
+      return;
+    }
+    const kind = response.headers.get("Content-Type") || "";
+    if (!response.ok || !kind.startsWith("image/svg+xml")) {
+      // a redirect (to /login: the session ended) or an error: load the page itself
+      window.location.href = link.href;
+      return;
+    }
     document.getElementById("chart").innerHTML = await response.text();
     document.querySelectorAll("nav.ranges a").forEach((a) => {
       a.classList.toggle("current", a === link);
@@ -85,15 +96,24 @@
   async function refresh() {
     if (document.hidden) return;
     const response = await fetch("/api/plugs", { credentials: "same-origin" });
-    if (!response.ok) return;
+    if (response.status === 401) {
+      window.location.href = "/login";  // the session ended: say so instead of going stale
+      return;
+    }
+    if (!response.ok) {
+      showError("refresh: " + response.status + " " + response.statusText);
+      return;
+    }
     const data = await response.json();
     for (const plug of data.plugs) {
       const row = document.querySelector(`tr[data-mac="${CSS.escape(plug.mac)}"]`);
-      if (!row || !plug.checked || !plug.reachable) continue;
+      if (!row || !plug.checked) continue;
+      row.classList.toggle("unreachable", !plug.reachable);
+      if (!plug.reachable) continue;
       row.querySelectorAll("form.switch").forEach((f) => {
         if (!f.querySelector("button").disabled) applyState(f, plug);
       });
     }
   }
-  setInterval(() => refresh().catch(() => {}), 15000);
+  setInterval(() => refresh().catch((error) => showError("refresh: " + error.message)), 15000);
 })();
