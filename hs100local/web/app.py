@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -90,6 +91,7 @@ class Dashboard:
         self.snapshot: Snapshot | None = None
         self._wanted = asyncio.Event()
         self._checking = asyncio.Lock()
+        self._cached: list[Any] | None = None
         self._routes: dict[tuple[str, str], Callable[[Request, Any], Awaitable[Response]]] = {
             ("GET", "/"): self._page,
             ("GET", "/chart.svg"): self._chart,
@@ -110,7 +112,7 @@ class Dashboard:
 
         # one check at a time: "Check now" pressed in a hurry must not flood the plugs
         async with self._checking:
-            records = await asyncio.to_thread(self._records)
+            records = self._cached = await asyncio.to_thread(self._records)
             now = self.clock()
             audit = await run_audit(self.config, records, db=self.db, since=now - WINDOW_S,
                                     timeout=self.timeout)
@@ -119,6 +121,7 @@ class Dashboard:
 
     def wake(self) -> None:
         """Check again now (discovery found a change)."""
+        self._cached = None
         self._wanted.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -135,6 +138,13 @@ class Dashboard:
                                    return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
+
+    async def _known(self) -> list[Any]:
+        """The inventory as of the latest check (or discovery's wake-up): opening the
+        inventory takes its write lock for the schema check, so requests do not."""
+        if self._cached is None:
+            self._cached = await asyncio.to_thread(self._records)
+        return self._cached
 
     def _records(self) -> list[Any]:
         from hs100local.inventory import Inventory
@@ -249,7 +259,7 @@ class Dashboard:
         kind = STATIC.get(name)
         if kind is None:
             raise BadRequest(404, "no such file")
-        body = resources.files("hs100local.web").joinpath("static", name).read_bytes()
+        body = _static_bytes(name)
         response = Response(200, body, kind)
         response.headers.append(("Cache-Control", "no-cache"))
         return response
@@ -295,7 +305,7 @@ class Dashboard:
 
         now = self.clock()
         span = RANGES[range_key][0]
-        records = await asyncio.to_thread(self._records)
+        records = await self._known()
         events = await asyncio.to_thread(self._events, since=now - span - RANGES[range_key][1],
                                          kind=["tls", "dns", "ntp"])
         return build_timeline(events, end=now, range_key=range_key,
@@ -319,7 +329,7 @@ class Dashboard:
         from hs100local.web.chart import RANGES
 
         range_key = self._range(request)
-        records = await asyncio.to_thread(self._records)
+        records = await self._known()
         snapshot = self.snapshot
         rows = {r.mac: r for r in snapshot.audit.plugs} if snapshot else {}
         aliases = {r.mac: r.alias for r in records}
@@ -367,7 +377,7 @@ class Dashboard:
     async def _plugs_payload(self) -> dict[str, Any]:
         from hs100local.eventview import iso
 
-        records = await asyncio.to_thread(self._records)
+        records = await self._known()
         snapshot = self.snapshot
         rows = {r.mac: r for r in snapshot.audit.plugs} if snapshot else {}
         return {
@@ -416,7 +426,7 @@ class Dashboard:
                 raise BadRequest(400, f"{name}: {value} is out of range ({low} to {high})")
             selection[name] = value
         selection.setdefault("limit", 100)
-        records = await asyncio.to_thread(self._records)
+        records = await self._known()
         plug = request.first("plug")
         if plug is not None:
             if not plug:
@@ -433,7 +443,7 @@ class Dashboard:
         from hs100local.report import build_report
 
         since, until = self._since(request), self.clock()
-        records = await asyncio.to_thread(self._records)
+        records = await self._known()
         found = await asyncio.to_thread(self._events, since=since)
         changes = await asyncio.to_thread(self._changes, since)
         return Response.json(build_report(found, records, changes, since=since,
@@ -445,7 +455,7 @@ class Dashboard:
     async def _metrics(self, request: Request, form: Any) -> Response:
         from hs100local.web.metrics import render
 
-        records = await asyncio.to_thread(self._records)
+        records = await self._known()
         snapshot = self.snapshot
         text = render(self.tally, {r.mac: r.alias for r in records},
                       snapshot.audit.plugs if snapshot else None,
@@ -498,6 +508,11 @@ class Dashboard:
         for row in self.snapshot.audit.plugs:
             if row.mac == mac:
                 row.relay_on, row.outlets, row.local = relay_on, outlets, True
+
+
+@functools.lru_cache(maxsize=len(STATIC))
+def _static_bytes(name: str) -> bytes:
+    return resources.files("hs100local.web").joinpath("static", name).read_bytes()
 
 
 def _wants_html(request: Request) -> bool:

@@ -61,6 +61,7 @@ and SIGTERM included. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -234,13 +235,24 @@ def make_lab(db: Path, n_plugs: int, n_events: int,
     LoopbackPlugs and the models."""
     from loopback_plugs import LoopbackPlugs  # tests/ (servers.py puts it on sys.path)
 
-    from hs100local.events import EventStore
-
     models = ["hs110", "hs300", "hs100", "hs105", "kp303", "hs110v2", "hs200"]
     used = [models[i % len(models)] for i in range(n_plugs)]
     lab = LoopbackPlugs(db)
-    for i, model in enumerate(used):
-        lab.add(f"Plug {i + 1:02d}", model=model)
+    try:
+        for i, model in enumerate(used):
+            lab.add(f"Plug {i + 1:02d}", model=model)
+        fill_events(db, lab, n_events, rng)
+    except BaseException:
+        lab.close()
+        raise
+    return lab, used
+
+
+def fill_events(db: Path, lab: Any, n_events: int, rng: random.Random) -> None:
+    """Events shaped like serve's (the dns, ntp and tls services' details), each from a
+    plug's address and attributed to its MAC, as serve's LoggingSink records them."""
+    from hs100local.events import EventStore
+
     plugs = [(lab.hosts[a], lab.macs[a]) for a in lab.hosts]
     names = ["devs.tplinkcloud.com", "n-devs.tplinkcloud.com", "api.tplinkcloud.com",
              "euw1-api.tplinkra.com", "use1-devs.tplinkcloud.com", "aps1-api.tplinkcloud.com"]
@@ -273,12 +285,11 @@ def make_lab(db: Path, n_plugs: int, n_events: int,
         store.flush(120)
     finally:
         store.close()
-    return lab, used
 
 
 def event_rows(db: Path) -> tuple[int, int]:
     """(rows, sum of counts) of the events table."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         rows, total = conn.execute("SELECT COUNT(*), SUM(count) FROM events").fetchone()
     return int(rows), int(total or 0)
 
@@ -375,9 +386,6 @@ def scan_log(log: Path) -> tuple[int, list[str]]:
     return events, odd
 
 
-# ------------------------------------------------------------------ wrk
-
-
 @dataclass
 class Memory:
     """/proc/PID/status of the two serves at the points measured, and what they logged."""
@@ -392,13 +400,16 @@ class Memory:
     logs: dict[str, tuple[int | None, int, list[str]]] = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------ wrk
+
+
 @dataclass
 class Target:
     key: str
     port: int
     path: str
     pid: int
-    group: str  # "dashboard" or "peer"
+    group: str  # "dashboard", "peer" or "probe" (no wrk run)
     size: int = 0  # body bytes of one response
     alone: float = float("nan")  # median seconds of one GET at a time (keep-alive)
 
