@@ -96,7 +96,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -111,6 +110,7 @@ from servers import (  # this folder (on sys.path)
     fmt_int,
     free_port,
     met,
+    run_with_summary,
     stop,
     version,
 )
@@ -1015,20 +1015,7 @@ def main() -> None:
         f"dnsmasq {version([dnsmasq, '--version'])}, chrony {version([CHRONYD, '-v'])}, "
         f"gcc {gcc}; {code_version()}; "
         f"load average (1 min) {os.getloadavg()[0]:.2f} at start")
-    print(machine, flush=True)
-    started = time.monotonic()
-    procs: list[subprocess.Popen] = []
-    report: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="hs100local-bench-serve-") as tmp:
-        try:
-            run(args, Path(tmp), procs, report)
-        finally:
-            for popen in reversed(procs):
-                stop(popen, 30.0)
-    machine += f", {os.getloadavg()[0]:.2f} at end; total {time.monotonic() - started:.0f} s"
-    print("\n" + "=" * 78 + "\nSUMMARY\n" + "=" * 78 + "\n")
-    print("\n".join(report))
-    print(f"\n{machine}")
+    run_with_summary(run, args, name="serve", machine=machine, stop_wait=30.0)
 
 
 if __name__ == "__main__":

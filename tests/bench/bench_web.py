@@ -76,13 +76,18 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from servers import cpu_model, start_server, stop, version  # this folder (on sys.path)
+from servers import (  # this folder (on sys.path)
+    cpu_model,
+    run_with_summary,
+    start_server,
+    stop,
+    version,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -687,20 +692,7 @@ def main() -> None:
         f"python {platform.python_version()} (sqlite {sqlite3.sqlite_version}); "
         f"wrk {wrk_version}; {code_version()}; "
         f"load average (1 min) {os.getloadavg()[0]:.2f} at start")
-    print(machine, flush=True)
-    started = time.monotonic()
-    procs: list[subprocess.Popen] = []
-    report: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="hs100local-bench-web-") as tmp:
-        try:
-            run(args, Path(tmp), procs, report)
-        finally:
-            for popen in reversed(procs):
-                stop(popen, 15.0)
-    machine += f", {os.getloadavg()[0]:.2f} at end; total {time.monotonic() - started:.0f} s"
-    print("\n" + "=" * 78 + "\nSUMMARY\n" + "=" * 78 + "\n")
-    print("\n".join(report))
-    print(f"\n{machine}")
+    run_with_summary(run, args, name="web", machine=machine, stop_wait=15.0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # the tests' helpers (servicekit, servekit) sit one folder up
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
@@ -131,3 +132,26 @@ def compile_loader(source: Path, workdir: Path) -> Path:
     if done.returncode != 0:
         raise SystemExit(f"cannot compile {source.name}:\n{done.stdout}{done.stderr}")
     return exe
+
+
+def run_with_summary(run: Any, args: Any, *, name: str, machine: str,
+                     stop_wait: float) -> None:
+    """Print ``machine``, call ``run(args, tmp, procs, report)`` in a temporary folder,
+    stop every process it started (also on errors), then print the report."""
+    import os
+    import tempfile
+
+    print(machine, flush=True)
+    started = time.monotonic()
+    procs: list[subprocess.Popen] = []
+    report: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f"hs100local-bench-{name}-") as tmp:
+        try:
+            run(args, Path(tmp), procs, report)
+        finally:
+            for popen in reversed(procs):
+                stop(popen, stop_wait)
+    machine += f", {os.getloadavg()[0]:.2f} at end; total {time.monotonic() - started:.0f} s"
+    print("\n" + "=" * 78 + "\nSUMMARY\n" + "=" * 78 + "\n")
+    print("\n".join(report))
+    print(f"\n{machine}")
