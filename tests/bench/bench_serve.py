@@ -105,11 +105,15 @@ from pathlib import Path
 import dns.message
 import dns.query
 from servers import (  # this folder (on sys.path)
+    code_version,
     compile_loader,
     cpu_model,
     fmt_int,
     free_port,
+    mb,
     met,
+    proc_cpu,
+    proc_status,
     run_with_summary,
     stop,
     version,
@@ -123,7 +127,6 @@ CHRONYD = "/usr/sbin/chronyd"
 TARGET_RSS_MB = 40.0
 TARGET_CPU = 1.0  # % of one core, idle
 TARGET_RATE = 500.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PLUG, TLS1 = "plug-like", "openssl-tls1-aes128"
 UNKNOWN_CA_ALERT = (2, 48)  # fatal, unknown_ca
 TLS_LINE = re.compile(r"\bhs100local\.tls: (\d+\.\d+\.\d+\.\d+) ")
@@ -153,29 +156,6 @@ asyncio.run(main())
 
 
 # ------------------------------------------------------------------ /proc
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """The kB figures of /proc/PID/status (VmRSS, RssAnon, ...) and Threads."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0])
-    return out
-
-
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of the whole process and of its main thread."""
-
-    def stat(path: str) -> float:
-        with open(path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # fields[0] is field 3, "state"
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    return stat(f"/proc/{pid}/stat"), stat(f"/proc/{pid}/task/{pid}/stat")
 
 
 def proc_switches(pid: int) -> int:
@@ -681,22 +661,6 @@ def pct(values: list[float], q: float) -> float:
 
 def ms(x: float) -> str:
     return "-" if x != x else f"{x * 1e3:.1f} ms" if x >= 0.0995 else f"{x * 1e3:.2f} ms"
-
-
-def mb(kb: int) -> str:
-    return f"{kb / 1024:.1f} MB"
-
-
-def code_version() -> str:
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True,
-                              check=False, stdin=subprocess.DEVNULL)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("log", "--oneline", "-1") or "?"
-    changed = git("status", "--porcelain", "--", "hs100local")
-    state = "with uncommitted changes" if changed else "as committed"
-    return f"commit {commit}; hs100local/ {state}"
 
 
 def scan_log(serve: ServeProc) -> tuple[dict[str, int], list[str]]:

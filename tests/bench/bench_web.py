@@ -82,7 +82,12 @@ from pathlib import Path
 from typing import Any
 
 from servers import (  # this folder (on sys.path)
+    CLK_TCK,
+    code_version,
     cpu_model,
+    mb,
+    proc_cpu,
+    proc_status,
     run_with_summary,
     start_server,
     stop,
@@ -92,7 +97,6 @@ from servers import (  # this folder (on sys.path)
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 WEEK = 7 * 86400.0
 CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
 DASHBOARD_PORT = re.compile(r"dashboard on http://127\.0\.0\.1:(\d+)/")
@@ -178,56 +182,20 @@ asyncio.run(main())
 # ------------------------------------------------------------------ /proc
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """The kB figures of /proc/PID/status (VmRSS, RssAnon, ...) and Threads."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0])
-    return out
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of the whole process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # fields[0] is field 3, "state"
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def wait_idle(pid: int, timeout: float = 60.0) -> float:
     """Wait until the process uses at most one clock tick of CPU in 0.2 s (<= 5 % of a
     core): requests whose client has gone may still be running. The seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        before = proc_cpu(pid)
+        before = proc_cpu(pid)[0]
         time.sleep(0.2)
-        if proc_cpu(pid) - before <= 1.0 / CLK_TCK + 1e-9:
+        if proc_cpu(pid)[0] - before <= 1.0 / CLK_TCK + 1e-9:
             break
     return time.monotonic() - started
 
 
-def mb(kb: int) -> str:
-    return f"{kb / 1024:.1f} MB"
-
-
 def ms(us: float) -> str:
     return "-" if us != us else f"{us / 1e3:.1f} ms" if us >= 9950 else f"{us / 1e3:.2f} ms"
-
-
-def code_version() -> str:
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True,
-                              check=False, stdin=subprocess.DEVNULL)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("log", "-1", "--format=%h %s") or "?"
-    commit = commit if len(commit) <= 60 else commit[:57] + "..."
-    state = "with uncommitted changes" if git("status", "--porcelain", "--", "hs100local") \
-        else "as committed"
-    return f"commit {commit}; hs100local/ {state}"
 
 
 # ------------------------------------------------------------------ set-up
@@ -468,11 +436,11 @@ def run_wrk(wrk: str, lua: Path, target: Target, args: argparse.Namespace,
     cmd = [wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{duration:g}s",
            "--timeout", "10s", "--latency", "-s", str(lua), url]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu0, t0 = proc_cpu(target.pid), time.monotonic()
+    cpu0, t0 = proc_cpu(target.pid)[0], time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           timeout=duration + 60, check=False)
     wall = time.monotonic() - t0
-    server_cpu = proc_cpu(target.pid) - cpu0
+    server_cpu = proc_cpu(target.pid)[0] - cpu0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     drain = wait_idle(target.pid)  # before the next run: nothing left over

@@ -155,3 +155,50 @@ def run_with_summary(run: Any, args: Any, *, name: str, machine: str,
     print("\n" + "=" * 78 + "\nSUMMARY\n" + "=" * 78 + "\n")
     print("\n".join(report))
     print(f"\n{machine}")
+
+
+# ------------------------------------------------------------------ /proc and reporting
+
+CLK_TCK = __import__("os").sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The kB figures of /proc/PID/status (VmRSS, RssAnon, ...) and Threads."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                out[key] = int(parts[0])
+    return out
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of the whole process and of its main thread."""
+
+    def stat(path: str) -> float:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # fields[0] is field 3, "state"
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    return stat(f"/proc/{pid}/stat"), stat(f"/proc/{pid}/task/{pid}/stat")
+
+
+def mb(kb: int) -> str:
+    return f"{kb / 1024:.1f} MB"
+
+
+def code_version() -> str:
+    """The commit, and whether hs100local/ differs from it."""
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True,
+                              check=False, stdin=subprocess.DEVNULL)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("log", "-1", "--format=%h %s") or "?"
+    commit = commit if len(commit) <= 60 else commit[:57] + "..."
+    state = "with uncommitted changes" if git("status", "--porcelain", "--", "hs100local") \
+        else "as committed"
+    return f"commit {commit}; hs100local/ {state}"
