@@ -438,18 +438,26 @@ class Inventory(ClosesOnExit):
         a step. The tables are also checked: another module sharing the file may
         have set ``user_version`` before ours existed.
         """
+        if self._schema(self._db()) == (SCHEMA_VERSION, 2):
+            return  # current: no write lock (every open would queue behind a writer)
         with self._write() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            have = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-                " AND name IN ('plugs', 'plug_changes')"
-            ).fetchone()[0]
+            version, have = self._schema(conn)
             start = min(version, SCHEMA_VERSION) if have == 2 else 0
             for step in _MIGRATIONS[start:]:
                 for statement in step:
                     conn.execute(statement)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _schema(conn: sqlite3.Connection) -> tuple[int, int]:
+        """(user_version, how many of our two tables exist)."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        have = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            " AND name IN ('plugs', 'plug_changes')"
+        ).fetchone()[0]
+        return version, have
 
     # -- writing
 
