@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -58,3 +60,32 @@ def dnsmasq_upstream(tmp_path):
         yield port
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def npm_plug() -> Iterator[Callable[..., Any]]:
+    """Factory: ``npm_plug("hs300", alias="Strip")`` -> a running NpmPlug (tests/npmpeers.py).
+
+    The simulated plug is tplink-smarthome-simulator from npm, on 127.0.0.1. Skips when
+    node or tests/npm/node_modules is missing, fails instead with HS100LOCAL_REQUIRE_NPM=1.
+    Every plug started is ended at teardown, also when the test failed.
+    """
+    from npmpeers import REQUIRE_ENV, NpmPlug, npm_unavailable_reason
+
+    reason = npm_unavailable_reason()
+    if reason is not None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason} (and {REQUIRE_ENV}=1)", pytrace=False)
+        pytest.skip(reason)
+    started: list[NpmPlug] = []
+
+    def start(model: str = "hs100", **kw: Any) -> NpmPlug:
+        plug = NpmPlug(model, **kw)
+        started.append(plug)
+        return plug
+
+    try:
+        yield start
+    finally:
+        for plug in started:
+            plug.close()

@@ -45,7 +45,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -53,6 +52,8 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
+
+import prockit  # a sibling module (standard library only)
 
 REQUIRE_ENV = "HS100LOCAL_REQUIRE_NETNS"
 
@@ -118,6 +119,7 @@ def _run(
         text=True,
         env=_env(env),
         start_new_session=True,
+        preexec_fn=prockit.default_signals,
     )
     try:
         out, err = proc.communicate(input, timeout=timeout)
@@ -131,6 +133,11 @@ def _run(
     if check and proc.returncode != 0:
         raise CommandError(argv, proc.returncode, out, err)
     return result
+
+
+def _tool(name: str) -> str:
+    """A system tool's full path when found (tc and nft live in /sbin, /usr/sbin), else its name."""
+    return prockit.find_tool(name) or name
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -150,8 +157,8 @@ def netns_unavailable_reason() -> str | None:
     """
     if os.geteuid() != 0:
         return "network namespace labs need root (euid 0)"
-    if shutil.which("ip") is None:
-        return "network namespace labs need iproute2 (`ip` not on PATH)"
+    if prockit.find_tool("ip") is None:
+        return "network namespace labs need iproute2 (no `ip` on PATH nor in /usr/sbin, /sbin)"
     return _probe()
 
 
@@ -414,8 +421,9 @@ class Host:
     ) -> Proc:
         """Start a long-running process in the namespace; the lab stops it on close.
 
-        It gets its own session (so it and its children can be killed as a group)
-        and stdin from /dev/null. Its ready line must be flushed (python: ``-u`` or
+        It gets its own session (so it and its children can be killed as a group),
+        default signal dispositions (whatever this process ignores or blocks) and
+        stdin from /dev/null. Its ready line must be flushed (python: ``-u`` or
         ``print(..., flush=True)``). Call :meth:`Proc.wait_ready` afterwards,
         ideally after spawning everything else you need (see the module docstring).
         """
@@ -428,6 +436,7 @@ class Host:
             text=True,
             env=_env(env),
             start_new_session=True,
+            preexec_fn=prockit.default_signals,
         )
         proc = Proc(argv, popen, ready)
         self.lab._procs.append(proc)
@@ -590,7 +599,8 @@ class Lab:
     def _try_netem(self, bridge: Bridge, percent: int) -> bool:
         """Apply netem to every port; False (and remember it) if this kernel has no netem."""
         for port in bridge.ports:
-            argv = ["tc", "qdisc", "replace", "dev", port, "root", "netem", "loss", f"{percent}%"]
+            argv = [_tool("tc"), "qdisc", "replace", "dev", port, "root", "netem", "loss",
+                    f"{percent}%"]
             try:
                 result = _run(["ip", "netns", "exec", self.switch_ns, *argv], check=False)
             except FileNotFoundError:
@@ -625,7 +635,8 @@ class Lab:
             f"  }}\n"
             f"}}\n"
         )
-        _run(["ip", "netns", "exec", self.switch_ns, "nft", "-f", "-"], input=script, timeout=10)
+        _run(["ip", "netns", "exec", self.switch_ns, _tool("nft"), "-f", "-"], input=script,
+             timeout=10)
 
     def clear_loss(self, bridge: Bridge) -> None:
         """Undo :meth:`set_loss` on ``bridge`` (a no-op if no loss is set)."""
@@ -633,15 +644,16 @@ class Lab:
         if bridge.loss_method == "netem":
             for port in bridge.ports:
                 _run(
-                    ["ip", "netns", "exec", self.switch_ns, "tc", "qdisc", "del", "dev", port,
-                     "root"],
+                    ["ip", "netns", "exec", self.switch_ns, _tool("tc"), "qdisc", "del", "dev",
+                     port, "root"],
                     check=False,
                     timeout=10,
                 )  # fmt: skip
         elif bridge.loss_method == "nftables":
             table = _nft_table(bridge)
             _run(
-                ["ip", "netns", "exec", self.switch_ns, "nft", "delete", "table", "bridge", table],
+                ["ip", "netns", "exec", self.switch_ns, _tool("nft"), "delete", "table", "bridge",
+                 table],
                 timeout=10,
             )
         bridge.loss, bridge.loss_method = 0, None

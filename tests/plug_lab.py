@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import netlab
+import prockit
 
 from hs100local.emulator import MODELS
 
@@ -74,8 +75,11 @@ class PlugLab:
                                timeout=timeout, env=self.env())
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        """Start a CLI command in the router namespace without waiting for it."""
-        return subprocess.Popen(
+        """Start a CLI command in the router namespace without waiting for it.
+
+        Default signal dispositions; closing the lab kills it if the test did not.
+        """
+        return prockit.spawn(
             self.router.cmd([sys.executable, "-m", "hs100local", *args]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **self.env()},

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dns.message
 import dns.query
+import prockit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ class Serve:
     """A running `serve` with its stderr collected by a thread (it logs a lot)."""
 
     def __init__(self, config: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = prockit.spawn(  # default signal dispositions
             [sys.executable, "-u", "-m", "hs100local", "serve", "--config", str(config),
              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -60,10 +61,14 @@ class Serve:
             return found[0]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(15)
-        self.reader.join(5)
+        """Send ``sig`` and wait for the exit code; SIGKILL if it is not gone in 15 s."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            code = self.proc.wait(15)
+        finally:  # never left running, even when waiting failed
+            prockit.stop(self.proc, signal.SIGKILL, close_pipes=False)
+            self.reader.join(5)
         return code
 
 

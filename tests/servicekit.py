@@ -9,6 +9,7 @@ waits on them. :class:`Sink` is an event sink that keeps what a service records.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from typing import Any
 
@@ -77,15 +78,15 @@ def start_dnsmasq(args: list[str], *, probe: str = "fwd.test", tries: int = 5,
     outgoing connection on the machine), so a dnsmasq that exits before it
     answers is retried on another port instead of failing the test run.
     """
-    import shutil
     import subprocess
     import time
 
     import dns.message
     import dns.query
+    import prockit
 
-    exe = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    if not shutil.which(exe):
+    exe = prockit.find_tool("dnsmasq")
+    if exe is None:
         raise RuntimeError("dnsmasq is needed (Debian dnsmasq-base; .ci/run installs it)")
     last = ""
     for _ in range(tries):
@@ -95,29 +96,29 @@ def start_dnsmasq(args: list[str], *, probe: str = "fwd.test", tries: int = 5,
                    "--log-facility=/dev/null", "--user=root"]
         if workdir is not None:
             command.append(f"--pid-file={workdir}/dnsmasq-{port}.pid")
-        proc = subprocess.Popen(command + args, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:  # wait until it answers: a start-up race, not a sleep for luck
-                dns.query.udp(dns.message.make_query(probe, "A"), "127.0.0.1", port=port,
-                              timeout=0.2)
-                return proc, port
-            except Exception:  # not answering yet
-                continue
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        last = (proc.stderr.read() if proc.stderr else "").strip()
+        proc = prockit.spawn(command + args, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:  # wait until it answers: a start-up race, not a sleep for luck
+                    dns.query.udp(dns.message.make_query(probe, "A"), "127.0.0.1", port=port,
+                                  timeout=0.2)
+                    return proc, port
+                except Exception:  # not answering yet
+                    continue
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+            last = (proc.stderr.read() if proc.stderr else "").strip()
+        except BaseException:  # interrupted while waiting: never leave it behind
+            prockit.stop(proc, signal.SIGKILL)
+            raise
     raise RuntimeError(f"dnsmasq did not start after {tries} tries: {last}")
 
 
 def stop_process(proc: Any) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except Exception:
-        proc.kill()
-        proc.wait(5)
-    if proc.stderr:
-        proc.stderr.close()
+    """SIGTERM, SIGKILL after 5 s; the process is reaped and its pipes closed."""
+    import prockit
+
+    prockit.stop(proc)

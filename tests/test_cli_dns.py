@@ -11,6 +11,7 @@ import sys
 import dns.message
 import dns.query
 import dns.rcode
+import prockit
 from click.testing import CliRunner
 
 from hs100local.cli import cli
@@ -52,7 +53,7 @@ def test_check_against_a_silent_server_is_exit_3():
 def test_dns_server_process_answers_and_records(tmp_path):
     db = tmp_path / "events.db"
     env = {**os.environ, "HS100LOCAL_DB": str(db)}
-    proc = subprocess.Popen(
+    proc = prockit.spawn(
         [sys.executable, "-u", "-m", "hs100local", "dns", "--listen", "127.0.0.1:0",
          "--upstream", "127.0.0.1:9", "--sinkhole", "plug.test=null"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -77,8 +78,7 @@ def test_dns_server_process_answers_and_records(tmp_path):
                               port=port, timeout=6)
         assert reply.rcode() == dns.rcode.SERVFAIL
     finally:
-        proc.terminate()
-        proc.wait(10)
+        prockit.finish(proc)  # SIGTERM: it flushes its events
     from hs100local.events import EventStore
 
     with EventStore(db) as store:

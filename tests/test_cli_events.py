@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import prockit
 import pytest
 from click.testing import CliRunner
 
@@ -129,10 +129,10 @@ def test_the_reader_never_writes_and_reads_older_tables(tmp_path):
 
 
 def test_watch_prints_json_lines_when_piped_and_stops_on_sigint(db):
-    proc = subprocess.Popen(
+    proc = prockit.spawn(  # default signal dispositions, whatever pytest inherited
         [sys.executable, "-m", "hs100local", "--db", str(db), "watch", "-n", "1", "--interval",
          "0.1", "--kind", "dns", "--kind", "tls"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ})
+        stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout is not None
         backlog = json.loads(proc.stdout.readline())
@@ -148,20 +148,42 @@ def test_watch_prints_json_lines_when_piped_and_stops_on_sigint(db):
             store.record("dns", "192.168.1.50", {"name": "later"}, plug=LAMP)
         assert json.loads(proc.stdout.readline())["details"] == {"name": "later"}
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        out, err = prockit.finish(proc, signal.SIGINT)  # killed (and failing) if it ignores it
     assert proc.returncode == 0 and err == "" and out == ""
 
 
 def test_watch_text_lines_with_text_flag(db):
-    proc = subprocess.Popen(
+    proc = prockit.spawn(
         [sys.executable, "-m", "hs100local", "--db", str(db), "watch", "--text", "-n", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout is not None
         first, second = proc.stdout.readline(), proc.stdout.readline()
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=10)
+        prockit.finish(proc, signal.SIGINT)
     assert "ntp" in first and "192.168.1.50 (Lamp)" in first
     assert "x.test A -> null" in second and "\x1b" not in second  # no colour when piped
+
+
+def test_watch_stops_on_sigint_even_when_started_with_sigint_ignored(db):
+    """pytest run as a background job of a non-interactive shell (``bash -c 'pytest &'``)
+    has SIGINT ignored, and children inherit that: a plain Popen'd ``watch`` would never
+    stop on SIGINT. Children started through prockit get default dispositions."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        inherited = prockit.signal_set("self", "SigIgn")
+        proc = prockit.spawn(
+            [sys.executable, "-m", "hs100local", "--db", str(db), "watch", "-n", "1",
+             "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert signal.SIGINT in inherited  # the state this test is about
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["kind"] == "dns"  # running, handlers set
+        ignored = prockit.signal_set(proc.pid, "SigIgn")
+        assert not ignored & {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+    finally:
+        out, err = prockit.finish(proc, signal.SIGINT)
+    assert proc.returncode == 0 and err == "" and out == ""

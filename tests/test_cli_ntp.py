@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import ntplib
+import prockit
 from click.testing import CliRunner
 
 from hs100local.cli import cli
@@ -41,7 +42,7 @@ def test_a_port_in_use_is_exit_3():
 
 def test_ntp_process_answers_records_and_stops_cleanly_on_sigterm(tmp_path):
     db = tmp_path / "events.db"
-    proc = subprocess.Popen(
+    proc = prockit.spawn(
         [sys.executable, "-u", "-m", "hs100local", "ntp", "--listen", "127.0.0.1:0",
          "--assume-synced", "--stratum", "2", "--db", str(db)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -57,8 +58,7 @@ def test_ntp_process_answers_records_and_stops_cleanly_on_sigterm(tmp_path):
             assert (response.stratum, response.leap, response.version) == (2, 0, version)
             assert abs(response.offset) < 0.01
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=10)
+        _out, err = prockit.finish(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
     with EventStore(db) as store:
         got = [(e.client, e.details["version"]) for e in store.events(kind="ntp")]
@@ -68,7 +68,7 @@ def test_ntp_process_answers_records_and_stops_cleanly_on_sigterm(tmp_path):
 def test_without_assume_synced_the_banner_and_replies_follow_the_kernel():
     from hs100local.ntp.clock import read_kernel_sync
 
-    proc = subprocess.Popen(
+    proc = prockit.spawn(
         [sys.executable, "-u", "-m", "hs100local", "ntp", "--listen", "127.0.0.1:0",
          "--no-events"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -78,8 +78,7 @@ def test_without_assume_synced_the_banner_and_replies_follow_the_kernel():
         assert match, line
         response = ntplib.NTPClient().request("127.0.0.1", 4, int(match.group(1)), timeout=3)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+        prockit.finish(proc, signal.SIGTERM)
     if read_kernel_sync().synced:
         assert "host clock synchronised" in line and (response.leap, response.stratum) == (0, 3)
     else:  # this sandbox: no NTP daemon, the kernel says unsynchronised

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from datetime import datetime
 
+import prockit
 from click.testing import CliRunner
 
 from hs100local.cli import cli
@@ -74,7 +75,7 @@ def test_sync_all_with_an_empty_inventory_and_with_host_given():
 
 
 def test_emulate_clock_start_runs_a_plug_that_lost_its_time(tmp_path):
-    proc = subprocess.Popen(
+    proc = prockit.spawn(
         [sys.executable, "-u", "-m", "hs100local", "emulate", "--model", "hs105", "--port", "0",
          "--tz-index", str(UTC_INDEX), "--clock-start", "2000-01-01", "--no-udp"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -95,8 +96,7 @@ def test_emulate_clock_start_runs_a_plug_that_lost_its_time(tmp_path):
                           '"delay":60,"act":1,"name":"x"}}}')
         assert accepted.exit_code == 0 and "time not sync" not in accepted.stdout
     finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+        prockit.finish(proc)
 
 
 def test_emulate_clock_start_out_of_range_is_a_usage_error():

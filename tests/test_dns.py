@@ -11,7 +11,6 @@ import random
 import shutil
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import prockit
 import pytest
 from servicekit import LoopThread, Sink, start_dnsmasq, stop_process
 
@@ -168,13 +168,13 @@ def test_dig_udp_and_tcp(server):
     if dig is None:
         pytest.fail("dig is needed (Debian dnsutils; .ci/run installs it)")
     for transport in ([], ["+tcp"]):
-        out = subprocess.run([dig, "@127.0.0.1", "-p", str(server.port), "+short", "+tries=1",
+        out = prockit.run([dig, "@127.0.0.1", "-p", str(server.port), "+short", "+tries=1",
                               "+time=3", *transport, "n-devs.tplinkcloud.com"],
-                             capture_output=True, text=True, timeout=10).stdout
+                          capture_output=True, text=True, timeout=10).stdout
         assert out.strip() == "127.0.0.1"
-        out = subprocess.run([dig, "@127.0.0.1", "-p", str(server.port), "+short", "+tries=1",
+        out = prockit.run([dig, "@127.0.0.1", "-p", str(server.port), "+short", "+tries=1",
                               "+time=3", *transport, "fwd.test", "TXT"],
-                             capture_output=True, text=True, timeout=10).stdout
+                          capture_output=True, text=True, timeout=10).stdout
         assert out.strip() == '"hello"'
 
 

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import re
-import shutil
 import socket
 import ssl
 import struct
@@ -28,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import prockit
 import pytest
 import trustme
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, A, DNSQuestion, DNSRecord
@@ -263,8 +263,9 @@ def test_clock_set_from_our_ntp_server_found_through_our_dns(stack, caplog):
 @pytest.fixture
 def dnsmasq(tmp_path) -> Iterator[int]:
     """dnsmasq: nx.test is NXDOMAIN, pool.test a CNAME of ntp.test = 127.0.0.1."""
-    if not shutil.which("dnsmasq") and not Path("/usr/sbin/dnsmasq").exists():
-        pytest.skip("dnsmasq (Debian dnsmasq-base) missing")
+    missing = prockit.missing_tool_reason("dnsmasq", "dnsmasq-base")
+    if missing:
+        pytest.skip(missing)
     proc, port = start_dnsmasq(["--address=/nx.test/", "--host-record=ntp.test,127.0.0.1",
                                 "--cname=pool.test,ntp.test"], probe="ntp.test",
                                workdir=tmp_path)
@@ -825,7 +826,7 @@ def test_fakecloud_script_serves_and_logs_json_lines(ca, ca_file, tmp_path):
     key_file = tmp_path / "ca-key.pem"
     key_file.write_bytes(ca.private_key_pem.bytes())
     log_path = tmp_path / "events.log"
-    proc = subprocess.Popen(
+    proc = prockit.spawn(
         [sys.executable, str(REPO / "tests" / "fakecloud.py"), "--ca-cert", str(ca_file),
          "--ca-key", str(key_file), "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
          "--log", str(log_path)], stdout=subprocess.PIPE, text=True)
@@ -846,9 +847,8 @@ def test_fakecloud_script_serves_and_logs_json_lines(ca, ca_file, tmp_path):
 
         run(scenario())
     finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
-        proc.stdout.close()  # type: ignore[union-attr]
+        prockit.finish(proc)
+    assert proc.returncode == 0
     logged = [json.loads(line) for line in log_path.read_text().splitlines()]
     register = next(e for e in logged if e["event"] == "register")
     assert register["port"] == ports[1] and register["peer"] == "127.0.0.1"

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import prockit
 import pytest
 
 from hs100local import events as events_module
@@ -199,8 +200,8 @@ def test_events_survive_sigkill_without_flush_or_close(tmp_path):
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO),
                                                           os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = prockit.spawn([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         line = proc.stdout.readline()
         assert line == "queued\n", proc.communicate(timeout=10)

@@ -15,9 +15,9 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 from pathlib import Path, PurePosixPath
 
+import prockit
 import pytest
 
 from hs100local.config import load
@@ -170,8 +170,8 @@ def _runnable_copy(tmp_path: Path, extra: str = "") -> Path:
 
 
 def _verify(tool: str, unit_file: Path) -> tuple[int, list[str]]:
-    result = subprocess.run([tool, "verify", str(unit_file)], capture_output=True,
-                            text=True, timeout=60)
+    result = prockit.run([tool, "verify", str(unit_file)], capture_output=True,
+                         text=True, timeout=60)
     lines = (result.stdout + result.stderr).splitlines()
     return result.returncode, [line for line in lines if unit_file.name in line]
 
@@ -192,15 +192,15 @@ def test_systemd_analyze_verify_would_notice_a_bad_line(tmp_path) -> None:
 
 def test_systemd_analyze_security_exposure_is_low(tmp_path) -> None:
     tool = _systemd_analyze()
-    version = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
+    version = prockit.run([tool, "--version"], capture_output=True, text=True).stdout
     match = re.match(r"systemd (\d+)", version)
     if match is None or int(match.group(1)) < 250:
         pytest.skip(f"systemd-analyze security --offline needs systemd 250+ ({version[:20]!r})")
     copy = _runnable_copy(tmp_path)
     # --threshold is the exposure level times 10: fail above 3.0 ("OK" is up to 4.9).
-    result = subprocess.run([tool, "security", "--offline=true", "--threshold=30",
+    result = prockit.run([tool, "security", "--offline=true", "--threshold=30",
                              "--no-pager", str(copy)], capture_output=True, text=True,
-                            timeout=60)
+                         timeout=60)
     overall = [line for line in result.stdout.splitlines() if "Overall exposure" in line]
     assert result.returncode == 0, overall or result.stderr
 
@@ -276,8 +276,8 @@ def run_init(request, tmp_path):
     def run(action: str) -> list[tuple[str, list[str]]]:
         log.write_text("")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PROCD_LOG": str(log)}
-        result = subprocess.run([*request.param, str(rc_common), str(installed), action],
-                                capture_output=True, text=True, env=env, timeout=30)
+        result = prockit.run([*request.param, str(rc_common), str(installed), action],
+                             capture_output=True, text=True, env=env, timeout=30)
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
         calls = []
@@ -294,7 +294,7 @@ def test_init_script_is_valid_sh() -> None:
     first = INIT.read_text().splitlines()[0]
     assert first == "#!/bin/sh /etc/rc.common"
     for shell in _shells():
-        result = subprocess.run([*shell, "-n", str(INIT)], capture_output=True, text=True)
+        result = prockit.run([*shell, "-n", str(INIT)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
 
 

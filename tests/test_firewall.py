@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import netlab
+import prockit
 import pytest
 from click.testing import CliRunner
 
@@ -578,9 +579,9 @@ def test_cli_says_when_a_tool_needs_root(tmp_path, monkeypatch):
 
 
 def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hs100local", "firewall", *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return prockit.run([sys.executable, "-m", "hs100local", "firewall", *args],
+                       capture_output=True, text=True, cwd=REPO, timeout=60,
+                       env={**os.environ, **(env or {})})
 
 
 def test_module_exit_codes_and_one_line_errors(tmp_path):

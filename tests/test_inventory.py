@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import prockit
 import pytest
 
 from hs100local.errors import ProtocolError, StoreError, TargetError
@@ -457,26 +459,31 @@ def test_concurrent_writers_never_lose_or_double_report(tmp_path: Path) -> None:
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
     procs = []
-    for net, numbers in jobs.items():
-        ready = tmp_path / f"ready-{net}"
-        procs.append((ready, subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(db), str(ready), str(go), net, json.dumps(numbers)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-        )))
-    deadline = time.monotonic() + 20
-    while not all(ready.exists() for ready, _ in procs):
-        assert time.monotonic() < deadline, "writers did not start"
-        assert all(p.poll() is None for _, p in procs), "a writer died before the start"
-        time.sleep(0.005)
-    go.touch()
-    reported, spans = [], []
-    for _, proc in procs:
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err
-        result = json.loads(out)
-        reported.extend(result["changes"])
-        spans.append((result["start"], result["end"]))
+    try:
+        for net, numbers in jobs.items():
+            ready = tmp_path / f"ready-{net}"
+            procs.append((ready, prockit.spawn(
+                [sys.executable, "-c", WRITER, str(db), str(ready), str(go), net,
+                 json.dumps(numbers)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+            )))
+        deadline = time.monotonic() + 20
+        while not all(ready.exists() for ready, _ in procs):
+            assert time.monotonic() < deadline, "writers did not start"
+            assert all(p.poll() is None for _, p in procs), "a writer died before the start"
+            time.sleep(0.005)
+        go.touch()
+        reported, spans = [], []
+        for _, proc in procs:
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            assert "Traceback" not in err
+            result = json.loads(out)
+            reported.extend(result["changes"])
+            spans.append((result["start"], result["end"]))
+    finally:  # a failed start or a hung writer: neither is left running
+        for _, proc in procs:
+            prockit.stop(proc, signal.SIGKILL)
     # CLOCK_MONOTONIC is system-wide on Linux/macOS/Windows: the runs really overlapped
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
 

@@ -7,10 +7,10 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+import prockit
 import pytest
 from click.testing import CliRunner
 
@@ -123,17 +123,17 @@ def test_kasa_cli_and_our_cli_on_the_same_emulator(start_emulator):
     emu = start_emulator("hs105", alias="Lamp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KASA_")}
     base = [kasa_cli(), "--host", "127.0.0.1", "--port", str(emu.port), "--type", "plug"]
-    on = subprocess.run([*base, "on"], capture_output=True, text=True, timeout=60, env=env)
+    on = prockit.run([*base, "on"], capture_output=True, text=True, timeout=60, env=env)
     assert on.returncode == 0, on.stderr
     assert ours(emu, "state") == {"state": "on"}
-    state = subprocess.run([*base, "--json", "state"], capture_output=True, text=True,
-                           timeout=60, env=env)
+    state = prockit.run([*base, "--json", "state"], capture_output=True, text=True,
+                        timeout=60, env=env)
     assert state.returncode == 0, state.stderr
     sysinfo = json.loads(state.stdout)["system"]["get_sysinfo"]
     assert sysinfo == {k: v for k, v in ours(emu, "info").items() if k != "on_time"} | {
         "on_time": sysinfo["on_time"]
     }
     ours(emu, "off")
-    state = subprocess.run([*base, "--json", "state"], capture_output=True, text=True,
-                           timeout=60, env=env)
+    state = prockit.run([*base, "--json", "state"], capture_output=True, text=True,
+                        timeout=60, env=env)
     assert json.loads(state.stdout)["system"]["get_sysinfo"]["relay_state"] == 0

@@ -7,12 +7,13 @@ HS100LOCAL_REQUIRE_NETNS=1). Traffic stays inside the lab on 198.18.0.0/24.
 from __future__ import annotations
 
 import json
-import subprocess
+import signal
 import sys
 import textwrap
 from collections.abc import Iterator
 
 import netlab
+import prockit
 import pytest
 
 PORT = 9999
@@ -176,9 +177,9 @@ def test_new_lab_removes_namespaces_of_a_crashed_run() -> None:
     prefix = "hsltcrash"
     unrelated = f"{prefix}-x-y"  # not "{prefix}-{name}": must survive
     for ns in (f"{prefix}-a", f"{prefix}-sw", unrelated):
-        subprocess.run(["ip", "netns", "add", ns], check=True)
+        prockit.run(["ip", "netns", "add", ns], check=True)
     # A process the crashed run left running inside one of its namespaces.
-    orphan = subprocess.Popen(["ip", "netns", "exec", f"{prefix}-a", "sleep", "60"])
+    orphan = prockit.spawn(["ip", "netns", "exec", f"{prefix}-a", "sleep", "60"])
     try:
         with netlab.Lab(prefix=prefix):
             names = set(netlab.list_namespaces())
@@ -187,9 +188,8 @@ def test_new_lab_removes_namespaces_of_a_crashed_run() -> None:
             assert unrelated in names
             assert orphan.wait(5) != 0
     finally:
-        orphan.kill()
-        orphan.wait()
-        subprocess.run(["ip", "netns", "del", unrelated], check=False)
+        prockit.stop(orphan, signal.SIGKILL)
+        prockit.run(["ip", "netns", "del", unrelated], check=False)
 
 
 def test_same_prefix_twice_is_refused(lab: netlab.Lab) -> None:

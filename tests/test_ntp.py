@@ -9,16 +9,15 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import netlab
 import ntplib
+import prockit
 import pytest
 from servicekit import LoopThread, Sink
 
@@ -356,12 +355,17 @@ def test_events_reach_the_event_store(tmp_path):
 # ------------------------------------------------------ real NTP clients
 
 
-@pytest.mark.skipif(shutil.which("chronyd") is None, reason="chronyd (Debian chrony) missing")
+CHRONYD = prockit.find_tool("chronyd")  # /usr/sbin: not on a non-root user's PATH
+needs_chronyd = pytest.mark.skipif(CHRONYD is None,
+                                   reason=prockit.missing_tool_reason("chronyd", "chrony") or "")
+
+
+@needs_chronyd
 def test_chronyd_accepts_our_replies(running, tmp_path):
     """chronyd -Q measures the offset and changes nothing (-Q); -u root: no privilege
     drop, so its pid file in tmp_path can be removed."""
-    result = subprocess.run(
-        ["chronyd", "-Q", "-u", "root", "-t", "20",
+    result = prockit.run(
+        [CHRONYD, "-Q", "-u", "root", "-t", "20",
          f"server 127.0.0.1 port {running.port} iburst minpoll -6 maxpoll -6",
          f"pidfile {tmp_path / 'chronyd.pid'}"],
         capture_output=True, text=True, timeout=30)
@@ -371,12 +375,12 @@ def test_chronyd_accepts_our_replies(running, tmp_path):
     assert abs(float(match.group(1))) < 0.010
 
 
-@pytest.mark.skipif(shutil.which("chronyd") is None, reason="chronyd (Debian chrony) missing")
+@needs_chronyd
 def test_chronyd_rejects_an_unsynchronised_server(tmp_path):
     loop_thread = LoopThread(make_server(UNSYNCED))
     try:
-        result = subprocess.run(
-            ["chronyd", "-Q", "-u", "root", "-t", "3",
+        result = prockit.run(
+            [CHRONYD, "-Q", "-u", "root", "-t", "3",
              f"server 127.0.0.1 port {loop_thread.port} iburst minpoll -6 maxpoll -6",
              f"pidfile {tmp_path / 'chronyd.pid'}"],
             capture_output=True, text=True, timeout=30)
@@ -387,12 +391,16 @@ def test_chronyd_rejects_an_unsynchronised_server(tmp_path):
     assert "No suitable source" in output or "Timeout" in output or result.returncode, output
 
 
+NTPDIG = prockit.find_tool("ntpdig") or "ntpdig"
+
+
 @pytest.fixture(scope="module")
 def ntp_lab() -> Iterator[tuple[netlab.Lab, netlab.Host, str]]:
     """An NTP server on port 123 of a companion host, and a client host, on one LAN."""
     netlab.require_netns()
-    if shutil.which("ntpdig") is None:
-        pytest.skip("ntpdig (Debian ntpsec-ntpdig) missing")
+    missing = prockit.missing_tool_reason("ntpdig", "ntpsec-ntpdig")
+    if missing:
+        pytest.skip(missing)
     with netlab.Lab() as lab:
         lan = lab.add_bridge("br0")
         companion, client = lab.add_host("companion"), lab.add_host("plug")
@@ -407,7 +415,7 @@ def ntp_lab() -> Iterator[tuple[netlab.Lab, netlab.Host, str]]:
 
 def test_ntpdig_accepts_our_replies(ntp_lab):
     _lab, client, address = ntp_lab
-    result = client.run(["ntpdig", "-j", "-t", "3", address], timeout=20)
+    result = client.run([NTPDIG, "-j", "-t", "3", address], timeout=20)
     import json
 
     data = json.loads(result.stdout)
@@ -418,7 +426,7 @@ def test_ntpdig_accepts_our_replies(ntp_lab):
 def test_ntpdig_is_told_to_go_away_when_over_the_rate(ntp_lab):
     """The default limit (1/s, bursts of 8): a burst of ntpdig samples ends in a KoD."""
     _lab, client, address = ntp_lab
-    result = client.run(["ntpdig", "-p", "12", "-g", "10", "-t", "1", address], timeout=30,
+    result = client.run([NTPDIG, "-p", "12", "-g", "10", "-t", "1", address], timeout=30,
                         check=False)
     assert "s3 no-leap" in result.stdout  # the burst's first samples were answered
     assert "probable KOD packet" in result.stderr, (result.stdout, result.stderr)

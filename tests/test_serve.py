@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import ntplib
+import prockit
 import pytest
 from servekit import REPO, Serve, answers, ask, write_config
 
@@ -37,7 +37,7 @@ def test_serve_answers_dns_and_ntp_records_events_reloads_and_flushes(config, tm
         serve.wait_log(r"hs100local\.dns: 127\.0\.0\.1 name=n-devs\.tplinkcloud\.com")
         serve.wait_log(r"hs100local\.ntp: 127\.0\.0\.1 version=4")
         # a plug-like client at the cloud listener: TLS 1.0, one old suite, no SNI
-        hello = subprocess.run(
+        hello = prockit.run(
             ["openssl", "s_client", "-connect", f"127.0.0.1:{serve.ports['cloud']}", "-tls1",
              "-cipher", "AES128-SHA@SECLEVEL=0"], input="", capture_output=True, text=True,
             timeout=20)
@@ -79,7 +79,7 @@ def test_serve_refuses_a_port_in_use_with_exit_3(config, tmp_path):
     taken.bind(("127.0.0.1", 0))
     try:
         port = taken.getsockname()[1]
-        result = subprocess.run(
+        result = prockit.run(
             [sys.executable, "-m", "hs100local", "serve", "--config", str(config),
              "--ntp", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30,
             cwd=REPO, env={**os.environ})
@@ -108,7 +108,7 @@ def test_events_and_report_attribute_each_attempt_to_the_right_plug(tmp_path,
     lamp = EmulatorThread(EmulatedPlug(MODELS["hs100"], alias="Lamp"), host="127.0.0.2")
     heater = EmulatorThread(EmulatedPlug(MODELS["hs110"], alias="Heater"), host="127.0.0.3")
     with lamp, heater:
-        found = subprocess.run(
+        found = prockit.run(
             [sys.executable, "-m", "hs100local", "--db", str(db), "discover", "--no-broadcast",
              "--target", f"127.0.0.2:{lamp.port}", "--target", f"127.0.0.3:{heater.port}",
              "--expect", "2", "--json"], capture_output=True, text=True, timeout=30, cwd=REPO)
@@ -122,7 +122,7 @@ def test_events_and_report_attribute_each_attempt_to_the_right_plug(tmp_path,
                                   source=source)
             assert answers(reply) == ["127.0.0.1"]
 
-        dig = subprocess.run(  # the lamp asks with dig, from its own address
+        dig = prockit.run(  # the lamp asks with dig, from its own address
             ["dig", "@127.0.0.1", "-p", str(serve.ports["dns"]), "-b", "127.0.0.2", "+short",
              "+tries=1", "+time=3", "n-devs.tplinkcloud.com", "A"],
             capture_output=True, text=True, timeout=20)
@@ -148,8 +148,8 @@ def test_events_and_report_attribute_each_attempt_to_the_right_plug(tmp_path,
         assert serve.stop() == 0, "".join(serve.lines[-20:])
 
     def cli(*args: str) -> object:
-        result = subprocess.run([sys.executable, "-m", "hs100local", "--db", str(db), *args],
-                                capture_output=True, text=True, timeout=30, cwd=REPO)
+        result = prockit.run([sys.executable, "-m", "hs100local", "--db", str(db), *args],
+                             capture_output=True, text=True, timeout=30, cwd=REPO)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 

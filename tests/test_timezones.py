@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import zoneinfo
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import prockit
 import pytest
 
 from hs100local import timezones as tzmod
@@ -331,7 +331,7 @@ def test_import_is_light() -> None:
         "print(sorted(m for m in ('zoneinfo', 'datetime', '_datetime') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
+    out = prockit.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"

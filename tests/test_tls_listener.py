@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import prockit
 import pytest
 import trustme
 from servicekit import LoopThread
@@ -230,8 +230,8 @@ def test_making_or_reusing_the_certificate_does_not_load_cryptography(tmp_path):
             f"pair = ensure_certificate(Path({str(tmp_path)!r})); "
             f"again = ensure_certificate(Path({str(tmp_path)!r})); "
             "print(pair == again, 'cryptography' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = prockit.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
     assert result.stdout.split() == ["True", "False"], result.stderr
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "cloud-cert.pem", tmp_path / "cloud-key.pem")
@@ -258,8 +258,8 @@ def test_a_reused_key_readable_by_others_is_made_private(tmp_path, caplog):
 def test_importing_the_tls_modules_does_not_load_cryptography():
     code = ("import sys, hs100local.tls.cert, hs100local.tls.listener; "
             "print('cryptography' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = prockit.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
     assert result.stdout.strip() == "False"
 
 

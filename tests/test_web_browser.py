@@ -23,6 +23,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
+import prockit
 import pytest
 from loopback_plugs import LoopbackPlugs
 from servekit import Serve
@@ -80,6 +81,11 @@ def served(tmp_path: Path, plugs: LoopbackPlugs) -> Iterator[Serve]:
     assert running.stop() == 0
 
 
+def driver_service() -> Service:
+    """chromedriver (and so Chromium) with default signal dispositions (prockit)."""
+    return Service(DRIVER, popen_kw=prockit.popen_kwargs())
+
+
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
@@ -90,7 +96,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
                 "--disable-component-update", "--disable-default-apps",
                 f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    driver = webdriver.Chrome(options=options, service=driver_service())
     driver.set_page_load_timeout(WAIT)
     yield driver
     driver.quit()
@@ -188,7 +194,7 @@ def test_without_javascript_the_switch_is_a_form(served: Serve, plugs: LoopbackP
         options.add_argument(arg)
     options.add_experimental_option("prefs",
                                     {"profile.managed_default_content_settings.javascript": 2})
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    driver = webdriver.Chrome(options=options, service=driver_service())
     try:
         port = served.ports["web"]
         checked(port)

@@ -16,6 +16,7 @@ import time
 import warnings
 from typing import Any
 
+import prockit
 from servicekit import Sink
 
 from hs100local.tls.hello import ClientHello, parse_client_hello
@@ -177,8 +178,8 @@ def read_to_end(sock: socket.socket) -> bytes | str:
 
 def s_client(port: int, *args: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     """``openssl s_client`` to 127.0.0.1:port; ``data`` on stdin, then EOF (it closes)."""
-    return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
-                          input=data, capture_output=True, timeout=30)
+    return prockit.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
+                       input=data, capture_output=True, timeout=30)
 
 
 def capture_hello(*args: str) -> ClientHello:
@@ -186,7 +187,7 @@ def capture_hello(*args: str) -> ClientHello:
     server = socket.create_server(("127.0.0.1", 0))
     try:
         port = server.getsockname()[1]
-        with subprocess.Popen(
+        with prockit.running(  # stopped on the way out, also when reading the hello failed
             ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ) as client:

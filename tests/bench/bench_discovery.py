@@ -57,6 +57,7 @@ sys.path.insert(0, str(TESTS))
 
 import netlab  # noqa: E402
 import plug_lab  # noqa: E402
+import prockit  # noqa: E402
 
 from hs100local.discovery import SWEEP_CONCURRENCY, SWEEP_CONNECT_TIMEOUT  # noqa: E402
 
@@ -143,6 +144,7 @@ def run_in(host: netlab.Host, argv: list[str], env: dict[str, str], timeout: flo
     popen = subprocess.Popen(
         host.cmd(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        preexec_fn=prockit.default_signals,
     )
     try:
         out, err = popen.communicate(timeout=timeout)

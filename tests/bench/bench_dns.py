@@ -65,6 +65,7 @@ import dns.query
 import dns.rcode
 from servers import (  # this folder (on sys.path)
     cpu_model,
+    default_signals,
     fmt_int,
     free_port,
     met,
@@ -192,7 +193,7 @@ def start_dnsmasq(workdir: Path, name: str, port: int, extra: list[str]) -> subp
            f"--listen-address={HOST}", "--bind-interfaces", "--log-facility=/dev/null",
            f"--pid-file={workdir / (name + '.pid')}", *extra]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=log)
+                            stderr=log, preexec_fn=default_signals)
     log.close()
     return proc
 

@@ -67,6 +67,7 @@ from pathlib import Path
 from servers import (  # this folder (on sys.path)
     compile_loader,
     cpu_model,
+    default_signals,
     fmt_int,
     free_port,
     met,
@@ -263,7 +264,8 @@ def start_chronyd(workdir: Path, procs: list[subprocess.Popen]) -> Server:
     # -u root: stay root (dropping to _chrony could not write into our 0700 workdir).
     log = open(workdir / "chronyd.stderr", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([CHRONYD, "-d", "-x", "-u", "root", "-f", str(conf)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                            preexec_fn=default_signals)
     log.close()
     procs.append(proc)
     server = Server("chronyd", "chronyd (peer)", proc, port)

@@ -108,6 +108,7 @@ from servers import (  # this folder (on sys.path)
     code_version,
     compile_loader,
     cpu_model,
+    default_signals,
     fmt_int,
     free_port,
     mb,
@@ -200,7 +201,7 @@ class ServeProc(Proc):
         popen = subprocess.Popen(
             [sys.executable, "-u", "-m", "hs100local", "serve", "--config", str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, cwd=REPO)
+            text=True, cwd=REPO, preexec_fn=default_signals)
         procs.append(popen)
         super().__init__(key, label, popen)
         self.db = db
@@ -275,7 +276,8 @@ def start_dnsmasq(workdir: Path, name: str, args: list[str],
              f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
              "--log-facility=/dev/null", "--user=root",
              f"--pid-file={workdir / f'dnsmasq-{name}.pid'}", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=default_signals)
         procs.append(popen)
         deadline = time.monotonic() + 10
         while popen.poll() is None and time.monotonic() < deadline:
@@ -307,7 +309,8 @@ def start_chronyd(workdir: Path, procs: list[subprocess.Popen]) -> Proc:
     log = workdir / "chronyd.stderr"
     with open(log, "w") as err:  # -x: never touches the clock; -u root: our 0700 dir
         popen = subprocess.Popen([CHRONYD, "-d", "-x", "-u", "root", "-f", str(conf)],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                 preexec_fn=default_signals)
     procs.append(popen)
     wait_until("chronyd", lambda: ntp_reply(port), popen, log=log)
     return Proc("chronyd", "chronyd -x, local stratum 3 (NTP peer)", popen, port,
@@ -332,7 +335,8 @@ def start_s_server(workdir: Path, cert: Path, key: Path,
                 ["openssl", "s_server", "-accept", f"{HOST}:{port}", "-quiet",
                  "-cert", str(cert), "-key", str(key), "-cipher", "DEFAULT:@SECLEVEL=0",
                  "-min_protocol", "TLSv1"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=default_signals)
         procs.append(popen)
         deadline = time.monotonic() + 10
         while popen.poll() is None and time.monotonic() < deadline:
@@ -346,7 +350,8 @@ def start_s_server(workdir: Path, cert: Path, key: Path,
 
 def start_ready_line(key: str, label: str, cmd: list[str],
                      procs: list[subprocess.Popen]) -> Proc:
-    popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                             preexec_fn=default_signals)
     procs.append(popen)
     assert popen.stdout is not None
     with selectors.DefaultSelector() as sel:
@@ -722,7 +727,7 @@ def run(args: argparse.Namespace, workdir: Path, procs: list[subprocess.Popen],
                          [sys.executable, "-c", ASYNCIO_CLOSE], procs),
     ]
     floor_popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"],
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, preexec_fn=default_signals)
     procs.append(floor_popen)
     time.sleep(0.5)  # interpreter start-up: ~50 ms here
     floor = Proc("python", "python -c 'import time; time.sleep(3600)' (floor)", floor_popen,

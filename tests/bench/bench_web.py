@@ -85,6 +85,7 @@ from servers import (  # this folder (on sys.path)
     CLK_TCK,
     code_version,
     cpu_model,
+    default_signals,
     mb,
     proc_cpu,
     proc_status,
@@ -300,7 +301,8 @@ def start_serve(config: Path, log: Path, procs: list[subprocess.Popen], *extra: 
     with open(log, "w") as err:
         popen = subprocess.Popen(
             [sys.executable, "-u", "-m", "hs100local", "serve", "--config", str(config), *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
+            preexec_fn=default_signals)
     procs.append(popen)
     assert popen.stdout is not None
     with selectors.DefaultSelector() as sel:

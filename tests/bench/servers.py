@@ -16,6 +16,10 @@ from typing import Any
 # the tests' helpers (servicekit, servekit) sit one folder up
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
+# Every server a bench starts gets default signal dispositions (a bench started as a
+# background job of a script would otherwise pass SIGINT ignored on to its servers).
+from prockit import default_signals
+
 READY = re.compile(r"\bon (\d+\.\d+\.\d+\.\d+):(\d+)\b")
 
 
@@ -29,7 +33,7 @@ def start_server(
     waiting for the ready line fails.
     """
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=default_signals)
     if procs is not None:
         procs.append(proc)
     assert proc.stdout is not None
