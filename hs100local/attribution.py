@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("hs100local.attribution")
 
@@ -59,6 +60,17 @@ def read_arp_table(path: Path = ARP_TABLE) -> dict[str, str]:
     return table
 
 
+def unique_hosts(plugs: Iterable[Any]) -> dict[str, str]:
+    """Address → MAC for the addresses exactly one plug has (``plugs``: anything with
+    ``host`` and ``mac``). Plugs behind one address — emulators on 127.0.0.1, plugs
+    behind a NAT — cannot be told apart by a packet's source, so an event from such an
+    address belongs to none of them rather than to a guess."""
+    owners: dict[str, set[str]] = {}
+    for plug in plugs:
+        owners.setdefault(plug.host, set()).add(plug.mac.upper())
+    return {host: next(iter(macs)) for host, macs in owners.items() if len(macs) == 1}
+
+
 class PlugDirectory:
     """Client address → plug MAC, from the inventory and then the neighbour table."""
 
@@ -70,6 +82,7 @@ class PlugDirectory:
         self._clock = clock
         self._by_host: dict[str, str] = {}
         self._by_mac: dict[str, KnownPlug] = {}
+        self._shared: set[str] = set()
         self._cache: dict[str, tuple[float, str | None]] = {}
         self.load(plugs)
 
@@ -77,7 +90,8 @@ class PlugDirectory:
         """Replace the plug list (after a discovery pass or a reload); forgets answers."""
         by_mac = {p.mac.upper(): p for p in plugs}
         self._by_mac = by_mac
-        self._by_host = {p.host: mac for mac, p in by_mac.items()}
+        self._by_host = unique_hosts(by_mac.values())
+        self._shared = {p.host for p in by_mac.values()} - set(self._by_host)
         self._cache.clear()
 
     def plug_for(self, client: str | None) -> str | None:
@@ -89,7 +103,7 @@ class PlugDirectory:
         if hit is not None and hit[0] > now:
             return hit[1]
         mac = self._by_host.get(client)
-        if mac is None:
+        if mac is None and client not in self._shared:
             neighbour = self._arp().get(client)
             if neighbour is not None and neighbour in self._by_mac:
                 mac = neighbour

@@ -203,9 +203,11 @@ async def _fix_cloud(row: PlugAudit, port: int, server: str | None,
 
 async def fix(config: ServeConfig, audit: Audit, records: Sequence[Any],
               everyone: Sequence[Any], *, timeout: float,
-              apply_firewall: Callable[[Sequence[Any]], str]) -> list[dict[str, Any]]:
+              apply_firewall: Callable[[Sequence[Any]], str],
+              events: Any = None) -> list[dict[str, Any]]:
     """Fix what the audit found; ``everyone`` is the whole inventory (for the firewall).
-    Returns what was done, one dict per action."""
+    Returns what was done, one dict per action. ``events``: where the clock fixes are
+    recorded (as the time keeper's ``time`` events, by the plug's MAC)."""
     from hs100local.timekeeper import TimeKeeper
 
     server = _lan_address(config.cloud)
@@ -224,7 +226,7 @@ async def fix(config: ServeConfig, audit: Audit, records: Sequence[Any],
                          "result": f"failed: {one_line(str(exc))}"})
     keeper = TimeKeeper(_Selected([r for r in records if r.protocol in ("xor", None, "")]),  # type: ignore[arg-type]
                         threshold=config.time_threshold, zones=dict(config.zones),
-                        default_zone=zone_index(config), timeout=timeout)
+                        default_zone=zone_index(config), timeout=timeout, events=events)
     for check in await keeper.run_once():
         if check.status != "ok":
             result = check.status + (f": {check.error}" if check.error else "")

@@ -9,6 +9,7 @@ uses a plain socket with the same sans-I/O core and the same policy as
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from typing import Any
@@ -20,11 +21,26 @@ from hs100local.errors import (
     classify_os_error,
 )
 from hs100local.hostport import DEFAULT_PORT, Endpoint
-from hs100local.protocol import FrameDecoder, Reply, Request, dumps, encode_tcp, loads
+from hs100local.protocol import (
+    FrameDecoder,
+    Reply,
+    Request,
+    dumps,
+    encode_tcp,
+    is_read_only,
+    loads,
+)
+
+#: a retry needs at least this much of the budget left to be worth starting
+MIN_RETRY_S = 0.05
 
 
 class BlockingTransport(Endpoint):
-    """A persistent blocking TCP connection to one plug."""
+    """A persistent blocking TCP connection to one plug.
+
+    With a :class:`~hs100local.hostport.Budget` every connect, read and retry is
+    capped by what is left of it, and error messages give the time really waited.
+    """
 
     def __init__(self, host: str, port: int = DEFAULT_PORT, **settings: Any) -> None:
         super().__init__(host, port, **settings)
@@ -36,14 +52,36 @@ class BlockingTransport(Endpoint):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _connect(self) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
+    def _cap(self, wait: float) -> float:
+        return wait if self.budget is None else self.budget.cap(wait)
+
+    def _waited(self, started: float) -> str:
+        spent = time.monotonic() - started + (self.budget.spent if self.budget else 0.0)
+        return f"{spent:.1f} s"
+
+    def _stale(self, sock: socket.socket) -> bool:
+        """The plug closed the idle connection (some firmware does after each reply):
+        reconnect instead of failing on it and spending a retry."""
         try:
-            sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+            readable, _w, _x = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _connect(self, started: float, fresh: bool = False) -> socket.socket:
+        if self._sock is not None:
+            if not fresh and not self._stale(self._sock):
+                return self._sock
+            self.close()
+        wait = self._cap(self.connect_timeout)
+        if wait <= 0:
+            raise PlugTimeoutError(f"no time left to connect to {self.where} "
+                                   f"(waited {self._waited(started)})")
+        try:
+            sock = socket.create_connection((self.host, self.port), wait)
         except TimeoutError:
             raise PlugTimeoutError(
-                f"timed out connecting to {self.where} after {self.connect_timeout:g} s"
+                f"timed out connecting to {self.where} after {self._waited(started)}"
             ) from None
         except OSError as exc:
             raise classify_os_error(exc, f"to {self.where}") from None
@@ -52,8 +90,11 @@ class BlockingTransport(Endpoint):
         return sock
 
     def _exchange(self, sock: socket.socket, message: bytes) -> bytes:
-        deadline = time.monotonic() + self.timeout
-        sock.settimeout(self.timeout)
+        wait = self._cap(self.timeout)
+        if wait <= 0:
+            raise TimeoutError()
+        deadline = time.monotonic() + wait
+        sock.settimeout(wait)
         sock.sendall(encode_tcp(message))
         decoder = FrameDecoder(self.limit)
         while True:
@@ -72,27 +113,48 @@ class BlockingTransport(Endpoint):
                 )
             decoder.feed(chunk)
 
-    def query_bytes(self, message: bytes) -> bytes:
-        """Send one plaintext message, return the decrypted plaintext reply."""
+    def _may_retry(self) -> bool:
+        return self.budget is None or self.budget.remaining() >= MIN_RETRY_S
+
+    def query_bytes(self, message: bytes, *, repeatable: bool = True) -> bytes:
+        """Send one plaintext message, return the decrypted plaintext reply.
+
+        ``repeatable=False`` (a change, see :func:`~hs100local.protocol.is_read_only`):
+        it goes out on a connection that has carried nothing yet — a plug that closes
+        after each reply may not have closed the old one *yet*, and would act on the
+        request without answering — and once sent it is never sent again: a broken
+        connection then is an error, not a retry (the plug may have acted).
+        """
+        used = self._sock is not None
         for attempt in range(self.retries + 1):
+            started = time.monotonic()
+            sending = False
             try:
-                sock = self._connect()
+                sock = self._connect(started, fresh=used and not repeatable)
                 try:
+                    sending = True
                     return self._exchange(sock, message)
                 except TimeoutError:
                     raise PlugTimeoutError(
-                        f"no reply from {self.where} within {self.timeout:g} s"
+                        f"no reply from {self.where} within {self._waited(started)}"
                     ) from None
                 except OSError as exc:
                     raise classify_os_error(exc, f"talking to {self.where}") from None
             except Hs100Error as exc:
                 self.close()
-                if not exc.retryable or attempt >= self.retries:
+                if self.budget is not None:
+                    self.budget.charge(time.monotonic() - started)
+                    started = time.monotonic()
+                if (not exc.retryable or attempt >= self.retries or not self._may_retry()
+                        or (sending and not repeatable)):
                     raise
+            finally:
+                if self.budget is not None:
+                    self.budget.charge(time.monotonic() - started)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def query(self, request: Request) -> Reply:
-        return loads(self.query_bytes(dumps(request)))
+        return loads(self.query_bytes(dumps(request), repeatable=is_read_only(request)))
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

@@ -5,8 +5,16 @@ this module imports only click (and the tiny errors module) at the top; each
 command imports what it needs.
 One-shot control commands use the blocking transport: no asyncio on that path.
 
-Exit codes: 0 ok, 1 the plug answered an error, 2 usage, 3 unreachable,
-timeout or protocol error. Every failure is one line on stderr, no traceback.
+Exit codes: 0 ok, 1 the plug answered an error or refused, 2 usage, 3 unreachable,
+timeout or protocol error. Every failure is one line on stderr
+(``hs100local: error: …``), never a traceback; with ``--json`` it is also
+``{"error": …, "exit": N}`` on stdout, so a script reading stdout always gets JSON.
+
+Every command says what it acts on (its *scope*): ``outlet`` commands act on the
+plug or on the ``-c`` outlet of a strip; ``device`` commands act on the whole device
+and refuse ``-c`` (and an ``-H`` that names an outlet) before anything is sent —
+``-c 1 reset`` must never reset the whole strip; ``local`` commands talk to no
+single plug and refuse ``-H``/``-c``.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ from hs100local.errors import one_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from hs100local.blocking import BlockingTransport
+    from hs100local.hostport import Budget
     from hs100local.ops import Op, T
     from hs100local.targets import OpenedTarget
 
 ENV_HOST = "HS100LOCAL_HOST"
+SCOPES = ("outlet", "device", "local")
 
 
 class Settings:
@@ -39,32 +50,84 @@ class Settings:
         self.db: str | None = None
         self._child: str | None = None
         self._opened: OpenedTarget | None = None
+        self._budget: Budget | None = None
+        #: what the running command acts on (see the module docstring) and its words
+        #: ("time sync")
+        self.scope: str = "local"
+        self.command: str = "hs100local"
+        #: the command printed its JSON result (a failure after it adds no second one)
+        self.emitted_json = False
 
     @property
     def child(self) -> str | None:
         """-c, or the outlet that -H named (an outlet alias): that needs -H resolved."""
-        if self._child is None and self._opened is None:
-            self.open()
-        return self._child if self._child is not None else (
-            self._opened.child if self._opened is not None else None)
+        opened = self.open()
+        return self._child if self._child is not None else opened.child
 
     @child.setter
     def child(self, value: str | None) -> None:
         self._child = value
 
+    def target(self) -> str | None:
+        return self.host or os.environ.get(ENV_HOST)
+
+    def check_scope(self) -> None:
+        """Refuse -H/-c the running command cannot honour, before anything is sent."""
+        name = self.command
+        if self.scope == "device" and self._child is not None:
+            raise click.UsageError(
+                f"{name} acts on the whole device, not one outlet: drop -c")
+        if self.scope == "local":
+            given = [flag for flag, value in (("-H", self.host), ("-c", self._child))
+                     if value is not None]
+            if given:
+                raise click.UsageError(
+                    f"{name} does not talk to one plug: drop {' and '.join(given)}")
+
+    def budget(self) -> Budget:
+        """The command's network time (--timeout, default 5 s), shared by every step."""
+        if self._budget is None:
+            from hs100local.hostport import DEFAULT_TIMEOUT, Budget
+
+            self._budget = Budget(self.timeout or DEFAULT_TIMEOUT)
+        return self._budget
+
+    def db_path(self) -> Path:
+        """The inventory: --db, else $HS100LOCAL_DB, else the user data dir. A path the
+        user gave must be in an existing folder (a typo must not look like an empty
+        inventory, nor create folders)."""
+        from pathlib import Path
+
+        from hs100local.inventory import DB_ENV, default_db_path
+
+        given = self.db or os.environ.get(DB_ENV)
+        if not given:
+            return default_db_path()
+        path = Path(given).expanduser()
+        if not path.parent.is_dir():
+            source = "--db" if self.db else DB_ENV
+            raise click.BadParameter(f"folder {str(path.parent)!r} does not exist",
+                                     param_hint=source)
+        return path
+
     def open(self) -> OpenedTarget:
         """Connect to the -H plug (address, host name, or inventory alias/MAC)."""
         if self._opened is None:
             from hs100local.hostport import DEFAULT_TIMEOUT
-            from hs100local.targets import open_target
+            from hs100local.targets import is_address, open_target
 
-            target = self.host or os.environ.get(ENV_HOST)
+            target = self.target()
             if not target:
                 raise click.UsageError(
                     f"no plug given: use -H HOST[:PORT]|ALIAS|MAC or set {ENV_HOST}"
                 )
-            self._opened = open_target(target, db=self.db,
-                                       timeout=self.timeout or DEFAULT_TIMEOUT)
+            name = self.command
+            self._opened = open_target(
+                target, db=None if is_address(target) else self.db_path(),
+                timeout=self.timeout or DEFAULT_TIMEOUT, budget=self.budget(),
+                whole_device=name if self.scope == "device" else None,
+                outlet_given=self._child is not None,
+                notify=lambda text: click.echo(f"hs100local: {one_line(text)}", err=True))
         return self._opened
 
     def transport(self) -> BlockingTransport:
@@ -99,27 +162,62 @@ def _store(name: str):
     return callback
 
 
+def _complete_target(ctx: click.Context, _param: click.Parameter,
+                     incomplete: str) -> list[Any]:
+    """-H completes the inventory's aliases (plugs and outlets) and MACs."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        path = ctx.ensure_object(Settings).db_path()
+        if not path.exists():
+            return []
+        from hs100local.inventory import Inventory
+
+        with Inventory(path) as inventory:
+            records = inventory.plugs()
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    items: list[tuple[str, str]] = []
+    for r in records:
+        what = f"{r.model} {r.host}"
+        if r.alias:
+            items.append((r.alias, what))
+        items.append((r.mac, r.alias or what))
+        items += [(c.alias, f"outlet {c.index} of {r.alias or r.mac}")
+                  for c in r.children if c.alias]
+    key = incomplete.casefold()
+    seen: set[str] = set()
+    found = []
+    for value, help_text in items:
+        if value.casefold().startswith(key) and value not in seen:
+            seen.add(value)
+            found.append(CompletionItem(value, help=help_text))
+    return found
+
+
 _TARGET = (
     click.option(
         "-H", "--host", metavar="HOST[:PORT]|ALIAS|MAC", expose_value=False,
-        callback=_store("host"),
+        callback=_store("host"), shell_complete=_complete_target,
         help=f"Plug address (port 9999 by default), or an alias/MAC from the inventory "
              f"(env {ENV_HOST}).",
     ),
     click.option(
         "-c", "--child", metavar="INDEX|ID|ALIAS", expose_value=False, callback=_store("child"),
-        help="Power-strip outlet: 1-based index, child id or alias.",
+        help="Power-strip outlet: 1-based index, child id or alias (commands that act on "
+             "the whole device refuse it).",
     ),
 )
-_OUTPUT = (
-    click.option(
-        "--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
-        callback=_store("timeout"),
-        help="Connect and reply timeout (default 5; discover: listening window, default 3).",
-    ),
+_TIMEOUT = click.option(
+    "--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
+    callback=_store("timeout"),
+    help="How long the whole command may wait on the network (default 5; discover: the "
+         "listening window, default 3; audit: per plug, default 3).",
+)
+_JSON_DB = (
     click.option(
         "--json", "json_", is_flag=True, default=False, expose_value=False,
-        callback=_store("json"), help="Print machine-readable JSON.",
+        callback=_store("json"), help="Print machine-readable JSON (errors too).",
     ),
     click.option(
         "--db", metavar="PATH", expose_value=False, callback=_store("db"),
@@ -136,12 +234,17 @@ def _apply(options: tuple[Any, ...], fn: Any) -> Any:
 
 def common(fn):
     """Accept the global options after the command name too (``hs100local on -H x``)."""
-    return _apply(_TARGET + _OUTPUT, fn)
+    return _apply((*_TARGET, _TIMEOUT, *_JSON_DB), fn)
 
 
 def output_options(fn):
-    """--timeout/--json/--db for commands that do not talk to one plug."""
-    return _apply(_OUTPUT, fn)
+    """--timeout/--json/--db for commands that talk to plugs but not to one -H plug."""
+    return _apply((_TIMEOUT, *_JSON_DB), fn)
+
+
+def json_db_options(fn):
+    """--json/--db for commands that only read the database."""
+    return _apply(_JSON_DB, fn)
 
 
 def settings() -> Settings:
@@ -150,39 +253,186 @@ def settings() -> Settings:
 
 def emit(data: Any, human: str | list[str] | None = None) -> None:
     """Print ``data`` as JSON with --json, else the human text."""
-    if settings().json:
+    s = settings()
+    if s.json:
         import json
 
         click.echo(json.dumps(data, ensure_ascii=False))
+        s.emitted_json = True
     elif human is not None:
         click.echo(human if isinstance(human, str) else "\n".join(human))
-
-
 
 
 def _power(on: bool) -> str:
     return "Power ON" if on else "Power OFF"
 
 
-class RootGroup(click.Group):
-    """Group that turns hs100local errors into one stderr line and an exit code."""
+class Failure(click.ClickException):
+    """A failure with its exit code; ``data`` joins the ``--json`` error object, and
+    ``reported`` says the command already printed its JSON result (then the JSON error
+    object is not printed a second time)."""
+
+    def __init__(self, message: str, exit_code: int, *, data: dict[str, Any] | None = None,
+                 reported: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.data = data or {}
+        self.reported = reported
+
+
+class ScopedCommand(click.Command):
+    """A command that declares what it acts on (``scope``, see the module docstring)
+    and refuses -H/-c it cannot honour before its callback runs."""
+
+    def __init__(self, *args: Any, scope: str = "local", **kwargs: Any) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope {scope!r} is not one of {SCOPES}")
+        super().__init__(*args, **kwargs)
+        self.scope = scope
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _invoke_scoped(self, ctx, super().invoke)
+
+
+class ScopedGroup(click.Group):
+    """A group with a scope of its own (for ``time``, ``emeter`` without a subcommand);
+    its subcommands are scoped commands too."""
+
+    command_class = ScopedCommand
+    group_class = type  # subgroups are ScopedGroups
+
+    def __init__(self, *args: Any, scope: str = "local", **kwargs: Any) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope {scope!r} is not one of {SCOPES}")
+        super().__init__(*args, **kwargs)
+        self.scope = scope
+        if self.callback is not None and self.invoke_without_command:
+            self.callback = _checked_alone(self.callback)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _invoke_scoped(self, ctx, super().invoke)
+
+
+def _checked_alone(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """A group's callback that checks the group's own scope when it runs without a
+    subcommand (only inside the callback does click know whether one follows)."""
+    import functools
+
+    @functools.wraps(callback)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        if ctx.invoked_subcommand is None:
+            ctx.ensure_object(Settings).check_scope()
+        return callback(*args, **kwargs)
+
+    return checked
+
+
+def _invoke_scoped(command: Any, ctx: click.Context,
+                   invoke: Callable[[click.Context], Any]) -> Any:
+    from hs100local.errors import Hs100Error
+
+    s = ctx.ensure_object(Settings)
+    names, level = [], ctx
+    while level.parent is not None:  # the command's own words, without the program's
+        names.append(level.info_name or "")
+        level = level.parent
+    s.scope, s.command = command.scope, " ".join(reversed(names)) or "hs100local"
+    try:
+        if not isinstance(command, click.Group):
+            s.check_scope()
+        return invoke(ctx)
+    except click.UsageError as exc:
+        if exc.ctx is None:
+            exc.ctx = ctx
+        raise
+    except Hs100Error as exc:
+        if exc.exit_code == 2:  # a selector names nothing: usage, on this command
+            raise click.UsageError(one_line(str(exc)), ctx) from None
+        raise
+
+
+def _wants_json(args: list[str]) -> bool:
+    """--json among the options (before a ``--``): a failure while parsing still
+    owes the script its JSON."""
+    head = args[: args.index("--")] if "--" in args else args
+    return "--json" in head
+
+
+def report_failure(message: str, exit_code: int, *, as_json: bool,
+                   data: dict[str, Any] | None = None, reported: bool = False) -> None:
+    """The one way a failure is shown: one line on stderr, and JSON on stdout."""
+    text = one_line(message)
+    click.echo(f"hs100local: error: {text}", err=True)
+    if as_json and not reported:
+        import json
+
+        click.echo(json.dumps({"error": text, "exit": exit_code, **(data or {})},
+                              ensure_ascii=False))
+
+
+class RootGroup(ScopedGroup):
+    """The root: runs a command and turns every failure into one line and an exit code."""
+
+    group_class = ScopedGroup
 
     def invoke(self, ctx: click.Context) -> Any:
         from hs100local.errors import Hs100Error
 
+        emitted = lambda: isinstance(ctx.obj, Settings) and ctx.obj.emitted_json  # noqa: E731
         try:
             return super().invoke(ctx)
+        except Failure as exc:
+            exc.reported = exc.reported or emitted()
+            raise
         except Hs100Error as exc:
             if exc.exit_code == 2:
-                raise click.UsageError(one_line(str(exc)), ctx) from None
-            click.echo(f"hs100local: error: {one_line(str(exc))}", err=True)
-            ctx.exit(exc.exit_code)
+                raise click.UsageError(one_line(str(exc))) from None
+            raise Failure(str(exc), exc.exit_code, reported=emitted()) from None
         finally:
             if isinstance(ctx.obj, Settings):
                 ctx.obj.close()
 
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = _wants_json(argv)
+        try:
+            result = super().main(argv, prog_name, complete_var, False, **extra)
+        except Failure as exc:
+            report_failure(exc.format_message(), exc.exit_code, as_json=as_json,
+                           data=exc.data, reported=exc.reported)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            message = exc.format_message()
+            if exc.ctx is not None:
+                message += f"; see '{exc.ctx.command_path} --help'"
+            report_failure(message, 2, as_json=as_json)
+            sys.exit(2)
+        except click.ClickException as exc:
+            report_failure(exc.format_message(), exc.exit_code, as_json=as_json)
+            sys.exit(exc.exit_code)
+        except click.Abort as exc:
+            if isinstance(exc.__cause__ or exc.__context__, EOFError):
+                report_failure("no input for a prompt: give the option on the command line",
+                               2, as_json=as_json)
+                sys.exit(2)
+            report_failure("interrupted", 130, as_json=as_json)
+            sys.exit(130)
+        except OSError as exc:  # e.g. stdout closed under us
+            import errno
 
-@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+            if exc.errno == errno.EPIPE:
+                sys.exit(1)
+            raise
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=RootGroup, scope="local",
+             context_settings={"help_option_names": ["-h", "--help"]})
 @common
 @click.version_option(package_name="hs100local", message="hs100local %(version)s")
 def cli() -> None:
@@ -192,14 +442,14 @@ def cli() -> None:
     Examples:
       hs100local -H 192.168.1.50 on
       hs100local -H 192.168.1.60 -c 2 state --json
-      hs100local emulate --model hs110        # a plug to try things on
+      hs100local demo                         # the companion on loopback, no plug needed
     """
 
 
 # ------------------------------------------------------------------ relay
 
 
-@cli.command()
+@cli.command(scope="outlet")
 @common
 def on() -> None:
     """Switch the plug (or the -c outlet; all outlets of a strip) on."""
@@ -210,7 +460,7 @@ def on() -> None:
     emit({"state": "on"}, _power(True))
 
 
-@cli.command()
+@cli.command(scope="outlet")
 @common
 def off() -> None:
     """Switch the plug (or the -c outlet; all outlets of a strip) off."""
@@ -221,10 +471,10 @@ def off() -> None:
     emit({"state": "off"}, _power(False))
 
 
-@cli.command()
+@cli.command(scope="outlet")
 @common
 def toggle() -> None:
-    """Flip the relay; a whole strip goes off if any outlet is on."""
+    """Flip the relay (or the -c outlet's); a whole strip goes off if any outlet is on."""
     from hs100local import ops
 
     s = settings()
@@ -232,10 +482,10 @@ def toggle() -> None:
     emit({"state": "on" if new else "off"}, _power(new))
 
 
-@cli.command()
+@cli.command(scope="outlet")
 @common
 def state() -> None:
-    """Print Power ON / Power OFF (one line per outlet on a strip)."""
+    """Print Power ON / Power OFF (one line per outlet on a strip, or the -c outlet)."""
     from hs100local import ops
 
     s = settings()
@@ -255,13 +505,32 @@ def state() -> None:
     )
 
 
-@cli.command()
+def _reading_line(reading: Any) -> str:
+    return (f"{reading.voltage_v:.1f} V  {reading.current_a:.3f} A  {reading.power_w:.1f} W  "
+            f"total {reading.total_kwh:.3f} kWh")
+
+
+@cli.command(scope="outlet")
 @common
 def info() -> None:
-    """Summary of get_sysinfo (--json prints the whole object)."""
+    """Summary of get_sysinfo (--json prints the whole object); with -c, that outlet."""
     from hs100local import ops
 
-    info = settings().run(ops.sysinfo())
+    s = settings()
+    if s.child is not None:
+        strip, outlet, reading = s.run(ops.outlet_info(s.child))
+        data: dict[str, Any] = outlet.as_dict()
+        lines = [f"Outlet:    {outlet.index} of {strip.alias or strip.model} ({strip.mac})",
+                 f"Alias:     {outlet.alias}",
+                 f"ID:        {outlet.id}",
+                 f"State:     {'ON' if outlet.is_on else 'OFF'}"
+                 + (f" for {outlet.on_time} s" if outlet.is_on else "")]
+        if reading is not None:
+            data["emeter"] = reading.as_dict()
+            lines.append(f"Meter:     {_reading_line(reading)}")
+        emit(data, [one_line(line) for line in lines])
+        return
+    info = s.run(ops.sysinfo())
     lines = [
         f"Alias:     {info.alias}",
         f"Model:     {info.model} (hardware {info.hw_ver}, firmware {info.sw_ver})",
@@ -278,62 +547,67 @@ def info() -> None:
                  + (" (energy meter)" if info.has_emeter else ""))
     for o in info.children:
         lines.append(f"Outlet {o.index}:  {'ON ' if o.is_on else 'OFF'} {o.alias}  ({o.id})")
-    emit(info.raw, lines)
+    emit(info.raw, [one_line(line) for line in lines])
 
 
-@cli.command()
+@cli.command(scope="outlet")
 @common
 @click.argument("new", required=False)
 def alias(new: str | None) -> None:
-    """Show the alias, or set it to NEW (of the -c outlet on a strip)."""
+    """Show the alias, or set it to NEW and read it back (the -c outlet's on a strip)."""
     from hs100local import ops
 
     s = settings()
     if new is not None:
+        if not new.strip():
+            raise click.BadParameter("an alias cannot be empty", param_hint="NEW")
         if len(new.encode()) > 31:
             raise click.BadParameter("at most 31 bytes", param_hint="NEW")
-        s.run(ops.set_alias(new, s.child))
-        emit({"alias": new}, new)
+        if not new.isprintable():
+            raise click.BadParameter("no control characters", param_hint="NEW")
+        name = s.run(ops.set_alias_verified(new, s.child))
+        emit({"alias": name}, one_line(name))
         return
     info = s.run(ops.sysinfo())
     name = ops.find_outlet(info, s.child).alias if s.child is not None else info.alias
-    emit({"alias": name}, name)
+    emit({"alias": name}, one_line(name))
 
 
-@cli.command()
+@cli.command(scope="device")
 @common
 @click.argument("switch", required=False, type=click.Choice(["on", "off"]))
 def led(switch: str | None) -> None:
-    """Show the status LED setting, or switch it on/off."""
+    """Show the status LED setting, or switch it on/off and read it back."""
     from hs100local import ops
 
     s = settings()
     if switch is not None:
-        s.run(ops.set_led(switch == "on"))
+        s.run(ops.set_led_verified(switch == "on"))
         emit({"led": switch}, f"LED {switch}")
         return
     value = "on" if s.run(ops.sysinfo()).led_on else "off"
     emit({"led": value}, f"LED {value}")
 
 
-@cli.command()
+@cli.command(scope="device")
 @common
 @click.option("--delay", type=click.IntRange(0, 65535), default=1, show_default=True,
               help="Seconds before the plug reboots.")
 def reboot(delay: int) -> None:
-    """Reboot the plug (the relay keeps its state)."""
+    """Reboot the whole device (the relays keep their state)."""
     from hs100local import ops
 
     settings().run(ops.reboot(delay))
     emit({"reboot": True, "delay": delay}, f"Rebooting in {delay} s")
 
 
-@cli.command()
+@cli.command(scope="device")
 @common
 @click.option("--yes", is_flag=True, help="Confirm: this erases alias, Wi-Fi and rules.")
-@click.option("--delay", type=click.IntRange(0, 65535), default=1, show_default=True)
+@click.option("--delay", type=click.IntRange(0, 65535), default=1, show_default=True,
+              help="Seconds before the plug resets.")
 def reset(yes: bool, delay: int) -> None:
-    """Factory-reset the plug (needs --yes; it returns to set-up mode)."""
+    """Factory-reset the whole device (needs --yes; it returns to set-up mode)."""
     from hs100local import ops
 
     if not yes:
@@ -379,15 +653,15 @@ _tz_options = (
 )
 
 
-@cli.group(invoke_without_command=True)
+@cli.group(invoke_without_command=True, scope="device")
 @common
 @click.pass_context
 def time(ctx: click.Context) -> None:
-    """Show the plug's clock and its offset from this host."""
+    """Show the plug's clock and its offset from this host (the whole device's clock)."""
     if ctx.invoked_subcommand is not None:
         return
     from hs100local import ops
-    from hs100local.device import host_now
+    from hs100local.timezones import host_now
 
     plug = settings().run(ops.get_time())
     data: dict[str, Any] = plug.as_dict()
@@ -401,54 +675,76 @@ def time(ctx: click.Context) -> None:
     emit(data, human)
 
 
-@time.command("sync")
+_threshold_option = click.option(
+    "--threshold", type=click.FloatRange(min=0), default=2.0, show_default=True,
+    metavar="SECONDS",
+    help="Seconds the clock read back may be off before the command fails (with --all: "
+         "before a clock is set).")
+
+
+def _clock_result(result: Any, threshold: float, verb: str) -> None:
+    """Print a set-and-read-back result; a clock that did not take is exit 1."""
+    from hs100local import ops
+
+    problem = ops.clock_problem(result, threshold)
+    data = {**result.as_dict(), "ok": problem is None}
+    if problem is not None:
+        raise Failure(problem, 1, data=data)
+    offset = round(result.offset_s, 1) + 0.0  # no "-0.0"
+    emit(data,
+         f"Clock {verb} {result.sent.replace('T', ' ')} ({_zone_label(result.tz_index)}) "
+         f"via {result.method}; read back {result.read_back.isoformat().replace('T', ' ')}, "
+         f"{offset:+.1f} s (the plug counts whole seconds: ±0.5 s is exact)")
+
+
+@time.command("sync", scope="device")
 @common
 @_tz_options[0]
 @_tz_options[1]
 @click.option("--all", "every", is_flag=True,
               help="Every plug of the inventory: check each clock, set only the wrong ones.")
-@click.option("--threshold", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="With --all: seconds a clock may be off before it is set.")
+@_threshold_option
 def time_sync(tz_index: int | None, zone_name: str | None, every: bool, threshold: float) -> None:
     """Set the plug to this host's time and zone, read it back, report the offset.
+
+    The time is sent at the start of one of this host's seconds (a wait of up to a
+    second), so the plug, which counts whole seconds from when it is set, ticks with
+    the host; the clock is read back half a second later. Exit 1 when the plug did
+    not take it: another zone than asked, or more than --threshold seconds off.
 
     With --all, the time keeper checks every plug in the inventory concurrently and
     sets those whose clock was lost (year 2000 after a power cut), is off by more
     than --threshold, or is in another zone; each action is recorded as a "time"
-    event. Exit 1 if a plug refused to be set, 3 if one could not be reached.
+    event. Exit 1 if a plug refused to be set, 3 if one could not be reached
+    (--timeout is then per plug, default 3).
     """
     from hs100local import ops
-    from hs100local.device import host_now
+    from hs100local.timezones import host_now
 
     if every:
         _time_sync_all(tz_index, zone_name, threshold)
         return
     index = _tz_index(tz_index, zone_name)
-    result = settings().run(ops.sync_time(index, host_now))
-    emit(
-        result.as_dict(),
-        f"Clock set to {result.sent.replace('T', ' ')} ({_zone_label(index)}); "
-        f"read back {result.read_back.isoformat().replace('T', ' ')}, "
-        f"offset {result.offset_s:+.1f} s",
-    )
+    _clock_result(settings().run(ops.sync_time(index, host_now)), threshold, "set to")
 
 
 def _time_sync_all(tz_index: int | None, zone_name: str | None, threshold: float) -> None:
     import asyncio
 
     from hs100local.events import EventStore
+    from hs100local.inventory import Inventory
     from hs100local.timekeeper import TimeKeeper
 
     s = settings()
     if s.host is not None:
         raise click.UsageError("--all works on the inventory; leave out -H")
     default = None if tz_index is None and zone_name is None else _tz_index(tz_index, zone_name)
+    path = s.db_path()
 
     async def one_pass() -> list[Any]:
-        inventory = _open_inventory(create=False)  # sqlite: opened on the loop's thread
-        if inventory is None:
+        if not path.exists():
             return []
-        with inventory, EventStore(inventory.path) as events:
+        with Inventory(path) as inventory, EventStore(path) as events:  # on the loop's thread
             keeper = TimeKeeper(inventory, events=events, threshold=threshold,
                                 default_zone=default,
                                 timeout=s.timeout if s.timeout is not None else 3.0)
@@ -470,21 +766,23 @@ def _time_sync_all(tz_index: int | None, zone_name: str | None, threshold: float
     failed = {status: sum(c.status == status for c in checks)
               for status in ("unreachable", "refused")}
     if any(failed.values()):
-        click.echo("hs100local: " + ", ".join(f"{n} plug(s) {status}"
-                                              for status, n in failed.items() if n), err=True)
-        sys.exit(3 if failed["unreachable"] else 1)
+        raise Failure(", ".join(f"{n} plug(s) {status}" for status, n in failed.items() if n),
+                      3 if failed["unreachable"] else 1, reported=True)
 
 
-@time.command("set")
+@time.command("set", scope="device")
 @common
 @click.argument("when", metavar="YYYY-MM-DDTHH:MM:SS")
 @_tz_options[0]
 @_tz_options[1]
-def time_set(when: str, tz_index: int | None, zone_name: str | None) -> None:
-    """Set the plug's wall clock to WHEN (local time in the plug's zone)."""
+@_threshold_option
+def time_set(when: str, tz_index: int | None, zone_name: str | None, threshold: float) -> None:
+    """Set the plug's wall clock to WHEN (local time in the plug's zone) and read it
+    back half a second later; exit 1 when the plug did not take it."""
     from datetime import datetime
 
     from hs100local import ops
+    from hs100local.timezones import host_now
 
     try:
         moment = datetime.fromisoformat(when)
@@ -492,6 +790,11 @@ def time_set(when: str, tz_index: int | None, zone_name: str | None) -> None:
         raise click.BadParameter(
             f"{when!r} is not YYYY-MM-DDTHH:MM:SS", param_hint="WHEN"
         ) from None
+    if moment.tzinfo is not None:
+        raise click.BadParameter("give local time in the plug's zone, without an offset; "
+                                 "choose the zone with --zone/--tz-index", param_hint="WHEN")
+    if not 2000 <= moment.year <= 2099:
+        raise click.BadParameter("the plugs keep years 2000 to 2099", param_hint="WHEN")
     s = settings()
     if tz_index is None and zone_name is None:
         index = s.run(ops.get_time()).tz_index
@@ -499,19 +802,19 @@ def time_set(when: str, tz_index: int | None, zone_name: str | None) -> None:
             raise click.UsageError("the plug does not report its zone; give --tz-index")
     else:
         index = _tz_index(tz_index, zone_name)
-    method = s.run(ops.set_clock(moment.replace(microsecond=0, tzinfo=None), index))
-    emit({"time": moment.replace(microsecond=0).isoformat(), "tz_index": index, "method": method},
-         f"Clock set to {moment.replace(microsecond=0)} ({_zone_label(index)}) via {method}")
+    result = s.run(ops.set_time_verified(moment.replace(microsecond=0), index, host_now))
+    _clock_result(result, threshold, "set to")
 
 
 # ----------------------------------------------------------- energy meter
 
 
-@cli.group(invoke_without_command=True)
+@cli.group(invoke_without_command=True, scope="outlet")
 @common
 @click.pass_context
 def emeter(ctx: click.Context) -> None:
-    """Realtime energy reading (HS110, KP115, HS300 outlets)."""
+    """Realtime energy reading (HS110, KP115, HS300 outlets; each outlet and the sum
+    on a strip, or the -c outlet)."""
     if ctx.invoked_subcommand is not None:
         return
     from hs100local import ops
@@ -523,15 +826,14 @@ def emeter(ctx: click.Context) -> None:
         data = reading.as_dict()
         if outlet is not None:
             data = {**outlet.as_dict(), **data}
-        emit(data, f"{reading.voltage_v:.1f} V  {reading.current_a:.3f} A  "
-                   f"{reading.power_w:.1f} W  total {reading.total_kwh:.3f} kWh")
+        emit(data, _reading_line(reading))
         return
     rows, lines = [], []
     for outlet, reading in readings:
         assert outlet is not None
         rows.append({**outlet.as_dict(), **reading.as_dict()})
-        lines.append(f"{outlet.index} {outlet.alias}: {reading.power_w:.1f} W  "
-                     f"total {reading.total_kwh:.3f} kWh")
+        lines.append(one_line(f"{outlet.index} {outlet.alias}: {reading.power_w:.1f} W  "
+                              f"total {reading.total_kwh:.3f} kWh"))
     total_w = sum(r.power_w for _o, r in readings)
     lines.append(f"all outlets: {total_w:.1f} W")
     emit({"outlets": rows, "power_w": round(total_w, 3)}, lines)
@@ -543,87 +845,113 @@ def _today() -> Any:
     return date.today()
 
 
-@emeter.command("day")
+def _history(year: int, month: int | None) -> None:
+    """Print day or month statistics: a list for a plug or outlet; for a whole strip a
+    table with a column per outlet and their sum."""
+    from hs100local import ops
+
+    s = settings()
+    found = s.run(ops.emeter_history(year, month, s.child))
+
+    def label(e: Any) -> str:
+        return f"{e.year:04d}-{e.month:02d}" + ("" if e.day is None else f"-{e.day:02d}")
+
+    if len(found) == 1 and (found[0][0] is None or s.child is not None):
+        entries = found[0][1]
+        emit([e.as_dict() for e in entries],
+             [f"{label(e)}  {e.energy_kwh:.3f} kWh" for e in entries] or ["no data"])
+        return
+    per_outlet = [(outlet, {label(e): e for e in entries}) for outlet, entries in found]
+    periods = sorted({key for _o, by in per_outlet for key in by})
+    totals = []
+    for key in periods:
+        some = next(by[key] for _o, by in per_outlet if key in by)
+        kwh = sum(by[key].energy_kwh for _o, by in per_outlet if key in by)
+        totals.append({**some.as_dict(), "energy_kwh": round(kwh, 4)})
+    header = ("DATE", *(f"#{o.index}" for o, _by in per_outlet if o is not None), "ALL (kWh)")
+    rows = [(key, *(f"{by[key].energy_kwh:.3f}" if key in by else "-"
+                    for _o, by in per_outlet), f"{t['energy_kwh']:.3f}")
+            for key, t in zip(periods, totals, strict=True)]
+    legend = "outlets: " + ", ".join(f"#{o.index} {one_line(o.alias)}"
+                                     for o, _by in per_outlet if o is not None)
+    emit({"outlets": [{**o.as_dict(), "entries": [e.as_dict() for e in entries]}
+                      for o, entries in found if o is not None],
+          "total": totals},
+         [*_table(header, rows), legend] if periods else ["no data"])
+
+
+@emeter.command("day", scope="outlet")
 @common
 @click.option("--year", type=click.IntRange(2000, 2099), default=None, help="Default: this year.")
 @click.option("--month", type=click.IntRange(1, 12), default=None, help="Default: this month.")
 def emeter_day(year: int | None, month: int | None) -> None:
-    """Energy per day of a month."""
-    from hs100local import ops
-
+    """Energy per day of a month (per outlet and in sum on a strip)."""
     today = _today()
-    s = settings()
-    entries = s.run(ops.emeter_daystat(year or today.year, month or today.month, s.child))
-    emit([e.as_dict() for e in entries],
-         [f"{e.year:04d}-{e.month:02d}-{e.day:02d}  {e.energy_kwh:.3f} kWh" for e in entries]
-         or ["no data"])
+    _history(year or today.year, month or today.month)
 
 
-@emeter.command("month")
+@emeter.command("month", scope="outlet")
 @common
 @click.option("--year", type=click.IntRange(2000, 2099), default=None, help="Default: this year.")
 def emeter_month(year: int | None) -> None:
-    """Energy per month of a year."""
-    from hs100local import ops
-
-    s = settings()
-    entries = s.run(ops.emeter_monthstat(year or _today().year, s.child))
-    emit([e.as_dict() for e in entries],
-         [f"{e.year:04d}-{e.month:02d}  {e.energy_kwh:.3f} kWh" for e in entries] or ["no data"])
+    """Energy per month of a year (per outlet and in sum on a strip)."""
+    _history(year or _today().year, None)
 
 
 # ------------------------------------------------------------------ cloud
 
 
-@cli.group()
+@cli.group(scope="device")
 def cloud() -> None:
     """Cloud binding: show it, unbind, or point the plug at another server."""
 
 
-@cloud.command("info")
+@cloud.command("info", scope="device")
 @common
 def cloud_info() -> None:
     """Show whether and where the plug is bound to the vendor cloud."""
     from hs100local import ops
 
     c = settings().run(ops.cloud_info())
-    emit(c.as_dict(), [
+    emit(c.as_dict(), [one_line(line) for line in (
         f"Server:    {c.server or '-'}",
         f"Bound:     {'yes, to ' + c.username if c.bound else 'no'}",
         f"Connected: {'yes' if c.connected else 'no'}",
-    ])
+    )])
 
 
-@cloud.command("unbind")
+@cloud.command("unbind", scope="device")
 @common
 def cloud_unbind() -> None:
-    """Remove the plug's binding to a cloud account."""
+    """Remove the plug's binding to a cloud account (read back)."""
     from hs100local import ops
 
-    settings().run(ops.cloud_unbind())
+    settings().run(ops.cloud_unbind_verified())
     emit({"bound": False}, "Unbound")
 
 
-@cloud.command("set-server")
+@cloud.command("set-server", scope="device")
 @common
 @click.argument("server")
 def cloud_set_server(server: str) -> None:
-    """Point the plug's cloud client at SERVER (e.g. this companion)."""
+    """Point the plug's cloud client at SERVER (e.g. this companion; read back)."""
     from hs100local import ops
 
-    settings().run(ops.cloud_set_server(server))
-    emit({"server": server}, f"Cloud server set to {server}")
+    if not server.strip() or not server.isprintable():
+        raise click.BadParameter("give a host name or address", param_hint="SERVER")
+    settings().run(ops.cloud_set_server_verified(server))
+    emit({"server": server}, f"Cloud server set to {one_line(server)}")
 
 
 # ------------------------------------------------------------------ Wi-Fi
 
 
-@cli.group()
+@cli.group(scope="device")
 def wifi() -> None:
     """Wi-Fi onboarding: scan for networks, join one."""
 
 
-@wifi.command("scan")
+@wifi.command("scan", scope="device")
 @common
 @click.option("--cached", is_flag=True, help="Return the plug's last scan instead of a new one.")
 def wifi_scan(cached: bool) -> None:
@@ -632,64 +960,71 @@ def wifi_scan(cached: bool) -> None:
 
     aps = settings().run(ops.wifi_scan(refresh=not cached))
     emit([a.as_dict() for a in aps],
-         [f"{a.ssid:32} {a.as_dict()['security']:5} "
-          f"{'' if a.rssi is None else str(a.rssi) + ' dBm'}".rstrip() for a in aps]
+         [one_line(f"{a.ssid:32} {a.as_dict()['security']:5} "
+                   f"{'' if a.rssi is None else str(a.rssi) + ' dBm'}".rstrip()) for a in aps]
          or ["no networks"])
 
 
-@wifi.command("join")
+@wifi.command("join", scope="device")
 @common
 @click.argument("ssid")
-@click.option("--password", prompt=True, hide_input=True, help="Network passphrase.")
+@click.option("--password", prompt=True, hide_input=True,
+              help="Network passphrase (prompted for when not given).")
 @click.option("--key-type", type=click.IntRange(0, 3), default=3, show_default=True,
               help="0 open, 1 WEP, 2 WPA, 3 WPA2.")
 def wifi_join(ssid: str, password: str, key_type: int) -> None:
-    """Make the plug join SSID (it leaves its current network)."""
+    """Make the plug join SSID (it leaves its current network, so nothing can be read
+    back: find it there with 'hs100local discover')."""
     from hs100local import ops
 
     settings().run(ops.wifi_join(ssid, password, key_type))
-    emit({"ssid": ssid, "key_type": key_type}, f"Plug told to join {ssid!r}")
+    emit({"ssid": ssid, "key_type": key_type}, f"Plug told to join {one_line(ssid)!r}")
 
 
 # ------------------------------------------------------------------ rules
 
 
-def _rules(rules: list[dict[str, Any]]) -> None:
-    def line(r: dict[str, Any]) -> str:
-        enabled = "enabled " if r.get("enable") else "disabled"
-        rest = {k: v for k, v in r.items() if k not in ("id", "name", "enable")}
-        return f"{r.get('id', '?')}  {enabled}  {r.get('name', '')}  {rest}"
+def _rule_table(rules: list[dict[str, Any]], row: Callable[[dict[str, Any]], dict[str, str]],
+                what: str) -> None:
+    """Rules as a table (the firmware's objects with --json)."""
+    rows = [row(r) for r in rules]
+    if not rows:
+        emit(rules, f"no {what} rules")
+        return
+    header = tuple(key.upper() for key in rows[0])
+    emit(rules, _table(header, [tuple(one_line(v) or "-" for v in r.values()) for r in rows]))
 
-    emit(rules, [line(r) for r in rules] or ["no rules"])
 
-
-@cli.group()
+@cli.group(scope="outlet")
 def schedule() -> None:
-    """Schedule rules stored on the plug."""
+    """Schedule rules stored on the plug (per outlet on a strip, with -c)."""
 
 
-@schedule.command("list")
+@schedule.command("list", scope="outlet")
 @common
 def schedule_list() -> None:
-    """List the schedule rules."""
+    """List the schedule rules: days, time, action, enabled (--json: the rule objects)."""
     from hs100local import ops
-
-    _rules(settings().run(ops.schedule_rules()))
-
-
-@cli.group()
-def countdown() -> None:
-    """Countdown timer rules (count_down or countdown module)."""
-
-
-@countdown.command("list")
-@common
-def countdown_list() -> None:
-    """List the countdown rules."""
-    from hs100local import ops
+    from hs100local.rules import schedule_row
 
     s = settings()
-    _rules(s.run(ops.countdown_rules(s.child)))
+    _rule_table(s.run(ops.schedule_rules(s.child)), schedule_row, "schedule")
+
+
+@cli.group(scope="outlet")
+def countdown() -> None:
+    """Countdown timer rules (count_down or countdown module; per outlet with -c)."""
+
+
+@countdown.command("list", scope="outlet")
+@common
+def countdown_list() -> None:
+    """List the countdown rules: delay, action, enabled (--json: the rule objects)."""
+    from hs100local import ops
+    from hs100local.rules import countdown_row
+
+    s = settings()
+    _rule_table(s.run(ops.countdown_rules(s.child)), countdown_row, "countdown")
 
 
 # -------------------------------------------------------------------- raw
@@ -707,29 +1042,34 @@ def _first_error(reply: Any, path: str = "") -> tuple[str, Any] | None:
     return None
 
 
-@cli.command()
+@cli.command(scope="device")
 @common
 @click.argument("request")
 def raw(request: str) -> None:
-    """Send REQUEST (JSON) verbatim and print the reply as JSON."""
+    """Send REQUEST verbatim and print the reply as JSON.
+
+    REQUEST is a JSON object of modules, each an object of methods with their
+    parameters (an object, or null), e.g. '{"system":{"get_sysinfo":{}}}'; it is
+    checked before anything is sent. For one outlet of a strip put
+    "context":{"child_ids":["ID"]} in it yourself (-c is refused: raw adds nothing).
+    """
     import json
 
-    try:
-        json.loads(request)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="REQUEST") from None
-    from hs100local.protocol import loads
+    from hs100local.protocol import check_request, is_read_only, loads
 
+    try:
+        checked = check_request(request.encode("utf-8"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="REQUEST") from None
     s = settings()
-    reply = loads(s.transport().query_bytes(request.encode("utf-8")))
+    reply = loads(s.transport().query_bytes(request.encode("utf-8"),
+                                            repeatable=is_read_only(checked)))
     click.echo(json.dumps(reply, ensure_ascii=False, indent=None if s.json else 2))
     error = _first_error(reply)
     if error:
         where, body = error
         code, text = body.get("err_code"), body.get("err_msg", "")
-        message = f"plug answered error {code} for {where}: {text}"
-        click.echo(f"hs100local: error: {one_line(message)}", err=True)
-        sys.exit(1)
+        raise Failure(f"plug answered error {code} for {where}: {text}", 1, reported=True)
 
 
 # -------------------------------------------------------------- discovery
@@ -769,15 +1109,15 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def _open_inventory(create: bool) -> Any:
     """The inventory named by --db/env/default; None if it does not exist and not ``create``."""
-    from hs100local.inventory import Inventory, default_db_path
+    from hs100local.inventory import Inventory
 
-    path = settings().db or default_db_path()
-    if not create and not os.path.exists(path):
+    path = settings().db_path()
+    if not create and not path.exists():
         return None
     return Inventory(path)
 
 
-@cli.command()
+@cli.command(scope="local")
 @output_options
 @click.option("--target", "targets", multiple=True, metavar="HOST[:PORT]",
               help="Also probe this address (unicast or broadcast); repeatable.")
@@ -882,8 +1222,8 @@ def _when(moment: Any) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-@cli.group(invoke_without_command=True)
-@output_options
+@cli.group(invoke_without_command=True, scope="local")
+@json_db_options
 @click.pass_context
 def plugs(ctx: click.Context) -> None:
     """List the plug inventory (what discover recorded); see also 'plugs changes'."""
@@ -903,8 +1243,8 @@ def plugs(ctx: click.Context) -> None:
          _table(header, rows) if records else ["No plugs recorded yet: run 'hs100local discover'."])
 
 
-@plugs.command("changes")
-@output_options
+@plugs.command("changes", scope="local")
+@json_db_options
 @click.option("--plug", "name", metavar="ALIAS|MAC", help="Only this plug.")
 @click.option("--kind", "kinds", multiple=True,
               type=click.Choice(["new", "ip", "firmware", "protocol", "alias"]),
@@ -932,8 +1272,8 @@ def plugs_changes(name: str | None, kinds: tuple[str, ...], limit: int | None) -
          [f"{_when(c.at)}  {one_line(c.describe())}" for c in changes] or ["No changes."])
 
 
-@plugs.command("forget")
-@output_options
+@plugs.command("forget", scope="local")
+@json_db_options
 @click.argument("name", metavar="ALIAS|MAC")
 def plugs_forget(name: str) -> None:
     """Remove a plug (and its history) from the inventory."""
@@ -993,7 +1333,7 @@ _sinkhole_options = (
 )
 
 
-@cli.group(invoke_without_command=True)
+@cli.group(invoke_without_command=True, scope="local")
 @click.option("--listen", "listen", multiple=True, metavar="ADDR:PORT",
               help="Where to answer, UDP and TCP (repeatable; default 127.0.0.1:5353).")
 @click.option("--upstream", "upstreams", multiple=True, metavar="ADDR[:PORT]",
@@ -1105,7 +1445,7 @@ def _run_service(make: Callable[[Any], Any], banner: Callable[[Any], str], *,
         raise
 
 
-@dns.command("check")
+@dns.command("check", scope="local")
 @click.argument("name")
 @click.option("--type", "qtype", default="A", show_default=True, metavar="TYPE",
               help="Query type (A, AAAA, TXT, HTTPS, MX, ANY, …).")
@@ -1114,12 +1454,15 @@ def _run_service(make: Callable[[Any], Any], banner: Callable[[Any], str], *,
 @_sinkhole_options[0]
 @_sinkhole_options[1]
 @_sinkhole_options[2]
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+              metavar="SECONDS", help="With --server: how long to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def dns_check(name: str, qtype: str, server: str | None, rules: tuple[str, ...],
               no_default_rules: bool, ttl: int, timeout: float, as_json: bool) -> None:
     """Show what NAME gets: the matching sinkhole rule, or a real server's answer."""
     import json
+
+    as_json = as_json or settings().json
 
     from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -1187,7 +1530,7 @@ def dns_check(name: str, qtype: str, server: str | None, rules: tuple[str, ...],
 # -------------------------------------------------------------------- NTP
 
 
-@cli.command()
+@cli.command(scope="local")
 @click.option("--listen", "listen", multiple=True, metavar="ADDR:PORT",
               help="Where to answer (repeatable; default 127.0.0.1:1123). Plugs ask port "
                    "123 of the address our DNS gives for NTP names.")
@@ -1253,7 +1596,7 @@ def ntp(listen: tuple[str, ...], stratum: int, assume_synced: bool, ref_id: str 
 # ------------------------------------------------------------------ serve
 
 
-@cli.command()
+@cli.command(scope="local")
 @click.option("--config", "config_file", metavar="FILE", default=None,
               help="TOML file whose keys are these flags' names (examples/hs100local.toml); "
                    "flags given here override it.")
@@ -1415,8 +1758,9 @@ def _model_names() -> list[str]:
     return ["hs100", "hs105", "hs110", "hs110v2", "hs200", "hs300", "kp303"]
 
 
-@cli.command()
-@click.option("--model", type=click.Choice(_model_names()), default="hs110", show_default=True)
+@cli.command(scope="local")
+@click.option("--model", type=click.Choice(_model_names()), default="hs110", show_default=True,
+              help="Which plug to be: its sysinfo, outlets and meter.")
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for all interfaces).")
 @click.option("--port", type=click.IntRange(0, 65535), default=9999, show_default=True,
@@ -1559,32 +1903,30 @@ def emulate(model: str, bind: str, port: int, alias: str | None, mac: str | None
         raise
 
 
-@cli.command()
-@click.option("--model", type=click.Choice(_model_names()), default="hs300", show_default=True)
-def demo(model: str) -> None:
-    """Start an emulated plug on loopback and run a few commands against it."""
-    import shlex
+def run_in_process(args: list[str]) -> int:
+    """Run one hs100local command in this process (output to our stdout/stderr) and
+    return its exit code: what ``demo`` uses to show real commands and their output."""
+    try:
+        cli.main(list(args), prog_name="hs100local", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
 
-    from hs100local.emulator import MODELS, EmulatedPlug
-    from hs100local.emulator.server import EmulatorThread
 
-    with EmulatorThread(EmulatedPlug(MODELS[model])) as emu:
-        target = f"127.0.0.1:{emu.port}"
-        steps = [["info"], ["on"], ["state"], ["alias"], ["time", "sync"], ["time"]]
-        if MODELS[model].outlets:
-            steps[2:2] = [["-c", "2", "off"]]
-        if MODELS[model].emeter:
-            steps.append(["emeter"])
-        for step in steps:
-            args = ["-H", target, *step]
-            click.echo(f"$ hs100local {shlex.join(args)}")
-            try:
-                cli.main(args, prog_name="hs100local", standalone_mode=False)
-            except SystemExit as exc:  # pragma: no cover - a failing step
-                if exc.code:
-                    raise
-            click.echo()
-    click.echo(f"Try it yourself: hs100local emulate --model {model}  (then -H 127.0.0.1 …)")
+@cli.command(scope="local")
+@click.option("--db", "demo_db", metavar="PATH", default=None,
+              help="Keep the demo's database here (default: a temporary folder, removed "
+                   "at the end), to run 'plugs', 'events' and 'report' on it afterwards.")
+def demo(demo_db: str | None) -> None:
+    """Show the companion on loopback: serve, three emulated plugs that get their time
+    from it and try their cloud, a switch, and what it recorded (no root, nothing sent
+    beyond this machine, a few seconds; everything stops at the end)."""
+    from hs100local.demo import run_demo
+
+    code = run_demo(db=demo_db or settings().db, echo=click.echo, command=run_in_process)
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

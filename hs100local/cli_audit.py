@@ -47,7 +47,7 @@ def _records(db: Any, plug_name: str | None) -> tuple[list[Any], list[Any]]:
     return [found.record], everyone
 
 
-@cli.command()
+@cli.command(scope="local")
 @output_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="The serve config: where the companion's DNS, NTP and cloud listener "
@@ -72,14 +72,13 @@ def audit(config_file: str | None, since: str, plug_name: str | None, fix: bool)
       sudo hs100local audit --fix
     """
     import asyncio
-    from pathlib import Path
 
     from hs100local import audit_run
     from hs100local.audit import render
     from hs100local.config import db_path
 
     config = serve_config(config_file)
-    db = Path(settings().db) if settings().db else db_path(config)
+    db = settings().db_path() if settings().db else db_path(config)
     start = _since(since, time.time())
     assert start is not None  # --since has a default
     records, everyone = _records(db, plug_name)
@@ -94,8 +93,12 @@ def audit(config_file: str | None, since: str, plug_name: str | None, fix: bool)
                                            timeout=timeout)
         if not fix:
             return result
-        fixes = await audit_run.fix(config, result, records, everyone, timeout=timeout,
-                                    apply_firewall=lambda plugs: _apply_firewall(config, plugs))
+        from hs100local.events import EventStore
+
+        with EventStore(db) as events:  # the clock fixes are time events of each plug
+            fixes = await audit_run.fix(
+                config, result, records, everyone, timeout=timeout, events=events,
+                apply_firewall=lambda plugs: _apply_firewall(config, plugs))
         again = await audit_run.run_audit(config, records, db=db, since=start, timeout=timeout)
         again.fixes = fixes
         return again
@@ -103,7 +106,11 @@ def audit(config_file: str | None, since: str, plug_name: str | None, fix: bool)
     result = asyncio.run(run())
     emit(result.as_dict(), [one_line(text) for text in render(result)])
     if not result.isolated:
-        raise click.exceptions.Exit(1)
+        from hs100local.cli import Failure
+
+        bad = [p for p in result.plugs if p.verdict != "isolated"]
+        raise Failure(f"{len(bad)} of {len(result.plugs)} plug(s) not isolated", 1,
+                      reported=True)
 
 
 def _apply_firewall(config: Any, plugs: list[Any]) -> str:

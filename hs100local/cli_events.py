@@ -13,17 +13,15 @@ from typing import Any
 
 import click
 
-from hs100local.cli import cli, emit, one_line, output_options, settings
+from hs100local.cli import cli, emit, json_db_options, one_line, settings
 
 _KIND_CHOICE = click.Choice(["dns", "ntp", "tls", "time", "firmware", "discovery", "store"])
 
 
 def _db_path(config_file: str | None) -> Any:
     """--db, else the db of a serve config given with --config, else the default."""
-    from hs100local.inventory import default_db_path
-
     if settings().db:
-        return settings().db
+        return settings().db_path()
     if config_file:
         from hs100local import config as cfg
 
@@ -31,7 +29,7 @@ def _db_path(config_file: str | None) -> Any:
             return cfg.db_path(cfg.load(config_file))
         except cfg.ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--config") from None
-    return default_db_path()
+    return settings().db_path()
 
 
 def _since(text: str | None, now: float, option: str = "--since") -> float | None:
@@ -73,22 +71,27 @@ class _Plugs:
                         kinds=["firmware", "protocol"])
         if name is not None and self.selected is None:
             raise TargetError(f"no plug {name!r} in the inventory (see 'hs100local plugs')")
+        from hs100local.attribution import unique_hosts
+
         self._alias_by_mac = {r.mac: r.alias for r in self.records}
-        self._alias_by_host = {r.host: r.alias for r in self.records}
+        self._mac_by_host = unique_hosts(self.records)  # shared addresses name nobody
 
     def selection(self) -> dict[str, Any]:
         """``EventReader.events`` arguments for the --plug plug (its unattributed
         events too, by its address), or none."""
         if self.selected is None:
             return {}
-        return {"plug": self.selected.mac, "plug_addresses": [self.selected.host]}
+        mac = self.selected.mac
+        return {"plug": mac,
+                "plug_addresses": [h for h, m in self._mac_by_host.items() if m == mac]}
 
     def alias(self, event: Any) -> str | None:
         """The alias of the event's plug: attributed when recorded, or its client is a
         plug's address now (an event recorded by a service that had no inventory)."""
         if event.plug is not None:
             return self._alias_by_mac.get(event.plug)
-        return self._alias_by_host.get(event.client) if event.client else None
+        mac = self._mac_by_host.get(event.client) if event.client else None
+        return self._alias_by_mac.get(mac) if mac else None
 
 
 _config_option = click.option(
@@ -106,7 +109,7 @@ def _filters(fn: Any) -> Any:
 
 
 @cli.command()
-@output_options
+@json_db_options
 @_config_option
 @_filters
 @click.option("--since", metavar="DURATION|TIME",
@@ -140,7 +143,7 @@ def events(config_file: str | None, plug_name: str | None, kinds: tuple[str, ...
 
 
 @cli.command()
-@output_options
+@json_db_options
 @_config_option
 @_filters
 @click.option("-n", "--lines", "backlog", type=click.IntRange(min=0), default=10,
@@ -195,7 +198,7 @@ def watch(config_file: str | None, plug_name: str | None, kinds: tuple[str, ...]
 
 
 @cli.command()
-@output_options
+@json_db_options
 @_config_option
 @click.option("--since", default="24h", show_default=True, metavar="DURATION|TIME",
               help="The window: 24h, 7d, or an ISO time.")

@@ -28,16 +28,13 @@ from hs100local.results import (
     SysInfo,
     TimeSync,
 )
+from hs100local.timezones import host_now
 from hs100local.transport import TcpTransport
 
 T = TypeVar("T")
 
 
-def host_now(tz_index: int) -> datetime:
-    """This host's wall time in the plug zone ``tz_index`` (naive)."""
-    from hs100local.timezones import zoneinfo_for
-
-    return datetime.now(zoneinfo_for(tz_index)).replace(tzinfo=None)
+__all__ = ["Outlet", "Plug", "host_now"]  # host_now: kept here for older imports
 
 
 class Plug:

@@ -67,6 +67,13 @@ class DeviceError(Hs100Error):
         super().__init__(f"plug answered error {code} for {where}: {message or 'no message'}")
 
 
+class NotAppliedError(Hs100Error):
+    """The plug accepted a change but reads back something else (a clock that did not
+    move, a zone it kept, an alias it truncated): the change did not take."""
+
+    exit_code = 1
+
+
 class TargetError(Hs100Error):
     """A selector (outlet index/id/alias, host) does not name anything usable."""
 

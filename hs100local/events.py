@@ -131,7 +131,7 @@ class _Row:
     __slots__ = ("at", "client", "details", "key", "kind", "last", "minute", "n", "plug",
                  "rowid", "state")
 
-    def __init__(self, key: tuple[str, str | None, _Frozen], at: float, kind: str,
+    def __init__(self, key: tuple[str, str | None, _Frozen, str | None], at: float, kind: str,
                  client: str | None, details: _Frozen, minute: float,
                  plug: str | None = None) -> None:
         self.key = key
@@ -316,7 +316,8 @@ class EventStore(_EventQueries):
         self._done = 0  # everything up to this seq is committed (or dropped)
         self._pending: deque[_Row] = deque()  # rows to insert, oldest first
         self._dirty: list[_Row] = []  # rows in the database with repeats to write
-        self._open: dict[tuple[str, str | None, _Frozen], _Row] = {}  # newest row per key
+        # newest row per key
+        self._open: dict[tuple[str, str | None, _Frozen, str | None], _Row] = {}
         self._open_minute = 0.0  # minute of the last sweep of _open
         self._dropped = 0
         self._reported = 0  # drops already written as a "store" event
@@ -388,13 +389,14 @@ class EventStore(_EventQueries):
         True when the event starts a row of its own, False when it was folded into one
         (what ``serve`` logs: the first occurrence in a minute, not every repeat).
         ``plug`` is the MAC of the plug ``client`` belongs to, if known; it is not part
-        of what makes events identical (it follows from the client).
+        of the details, but events of two plugs are never folded into one row.
         """
         item_at = time.time() if at is None else float(at)
         kind = str(kind)
         client = None if client is None else str(client)
         frozen = _freeze(details)
-        key = (kind, client, frozen)
+        # Two plugs behind one address (emulators, a NAT) keep their own rows.
+        key = (kind, client, frozen, plug)
         minute = item_at // 60
         with self._lock:
             if self._closed:

@@ -8,12 +8,13 @@ without a database or a terminal.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from hs100local.errors import one_line
 from hs100local.events import Event
 from hs100local.inventory import _from_ts, _iso
+from hs100local.results import CLOCK_LOST_BEFORE
 
 #: the kinds a user filters on (``store`` and ``discovery`` are shown but rarely wanted)
 KINDS = ("dns", "ntp", "tls", "time", "firmware", "discovery", "store")
@@ -58,6 +59,27 @@ def iso(at: float) -> str:
     return _iso(_from_ts(at))
 
 
+def clock_reading(offset_ms: Any, at: float) -> str:
+    """What a plug's clock said in its NTP request at ``at``: ``clock +12 ms``, or
+    ``clock lost (read 2000-01-01)`` when it had not been set since it started (after
+    a power cut): a number of milliseconds like -849712503042 tells nobody that."""
+    if not isinstance(offset_ms, int) or isinstance(offset_ms, bool):
+        return "clock unknown"
+    if clock_was_lost(offset_ms, at):
+        read = datetime.fromtimestamp(max(at + offset_ms / 1000, 0), timezone.utc)
+        return f"clock lost (read {read:%Y-%m-%d})"
+    return f"clock {offset_ms:+d} ms"
+
+
+def clock_was_lost(offset_ms: int, at: float) -> bool:
+    """The plug's clock read a year before :data:`CLOCK_LOST_BEFORE` when it asked."""
+    try:
+        read = datetime.fromtimestamp(at + offset_ms / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return True
+    return read.year < CLOCK_LOST_BEFORE
+
+
 def local_time(at: float) -> str:
     return datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
@@ -82,8 +104,7 @@ def summary(event: Event) -> str:
     if event.kind == "dns":
         text = f"{_get(d, 'name')} {_get(d, 'type')} -> {_get(d, 'action')}"
     elif event.kind == "ntp":
-        offset = d.get("offset_ms")
-        clock = f"clock {offset:+d} ms" if isinstance(offset, int) else "clock unknown"
+        clock = clock_reading(d.get("offset_ms"), event.at)
         text = f"NTPv{_get(d, 'version')} mode {_get(d, 'mode')}, {clock}, " \
                f"served stratum {_get(d, 'stratum')}"
     elif event.kind == "tls":

@@ -1,12 +1,47 @@
-"""Parse ``HOST[:PORT]`` arguments (IPv4, names, and ``[IPv6]:PORT``)."""
+"""Where a plug is and how long to wait for it: ``HOST[:PORT]`` arguments (IPv4,
+names, ``[IPv6]:PORT``), the transports' shared :class:`Endpoint`, and the
+:class:`Budget` that bounds one command's whole wait on the network."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from hs100local.errors import TargetError
 from hs100local.protocol import MAX_MESSAGE
 
 DEFAULT_PORT = 9999
 DEFAULT_TIMEOUT = 5.0
+
+
+class Budget:
+    """The time one command may spend waiting on the network, all steps together.
+
+    ``--timeout 1`` means the user waits about a second for an answer, not a second
+    per connect, per retry and per search. Every network wait is charged here
+    (:meth:`charge`), pauses between steps are not (``time sync`` waits for the
+    start of a second on purpose); each wait is capped at :meth:`remaining`.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.spent = 0.0
+        self.clock = clock
+
+    def remaining(self) -> float:
+        return self.seconds - self.spent
+
+    def cap(self, wait: float) -> float:
+        """``wait``, shortened to what is left (never below zero)."""
+        return max(min(wait, self.remaining()), 0.0)
+
+    def charge(self, seconds: float) -> None:
+        self.spent += max(seconds, 0.0)
+
+    @property
+    def waited(self) -> str:
+        """What was spent, for messages: "1.0 s"."""
+        return f"{self.spent:.1f} s"
 
 
 class Endpoint:
@@ -22,6 +57,7 @@ class Endpoint:
         connect_timeout: float | None = None,
         retries: int = 1,
         limit: int = MAX_MESSAGE,
+        budget: Budget | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -29,6 +65,8 @@ class Endpoint:
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.retries = retries
         self.limit = limit
+        #: the whole command's network time (the blocking transport honours it)
+        self.budget = budget
 
     @property
     def where(self) -> str:

@@ -10,11 +10,13 @@ logic such as "toggle" or "set the clock, then read it back" lives here once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from hs100local.errors import DeviceError, ProtocolError, TargetError
+from hs100local.errors import DeviceError, NotAppliedError, ProtocolError, TargetError
 from hs100local.protocol import Reply, Request, build_request, merge_requests, method_result
 from hs100local.results import (
     AccessPoint,
@@ -29,27 +31,55 @@ from hs100local.results import (
 )
 
 T = TypeVar("T")
-Op = Generator[Request, Reply, T]
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Yielded instead of a request: the driver waits ``seconds`` and sends back None.
+
+    Setting a clock well is a matter of timing (send at the start of a second, read
+    back half a second later); the operation says when, the driver does the waiting,
+    so the operation stays free of I/O and of any particular event loop.
+    """
+
+    seconds: float
+
+
+Op = Generator[Request | Pause, Reply | None, T]
 
 # ----------------------------------------------------------------- drivers
 
 
-def run_sync(op: Op[T], send: Callable[[Request], Reply]) -> T:
+def run_sync(op: Op[T], send: Callable[[Request], Reply],
+             sleep: Callable[[float], None] = time.sleep) -> T:
     """Drive an operation with a blocking ``send(request) -> reply``."""
     try:
-        request = next(op)
+        step = next(op)
         while True:
-            request = op.send(send(request))
+            if isinstance(step, Pause):
+                sleep(max(step.seconds, 0.0))
+                step = op.send(None)
+            else:
+                step = op.send(send(step))
     except StopIteration as done:
         return done.value
 
 
-async def run_async(op: Op[T], send: Callable[[Request], Awaitable[Reply]]) -> T:
+async def run_async(op: Op[T], send: Callable[[Request], Awaitable[Reply]],
+                    sleep: Callable[[float], Awaitable[None]] | None = None) -> T:
     """Drive an operation with an async ``send(request) -> reply``."""
+    if sleep is None:
+        import asyncio  # not at the top: the blocking CLI path never loads asyncio
+
+        sleep = asyncio.sleep
     try:
-        request = next(op)
+        step = next(op)
         while True:
-            request = op.send(await send(request))
+            if isinstance(step, Pause):
+                await sleep(max(step.seconds, 0.0))
+                step = op.send(None)
+            else:
+                step = op.send(await send(step))
     except StopIteration as done:
         return done.value
 
@@ -143,9 +173,39 @@ def set_led(on: bool) -> Op[None]:
     yield from call("system", "set_led_off", {"off": int(not on)})
 
 
+def set_led_verified(on: bool) -> Op[None]:
+    """Switch the LED, then read it back (a setting is only done when it reads back)."""
+    yield from set_led(on)
+    if (yield from sysinfo()).led_on != on:
+        raise NotAppliedError(f"the plug accepted set_led_off but its LED is still "
+                              f"{'off' if on else 'on'}")
+
+
 def set_alias(alias: str, child: str | None = None) -> Op[None]:
     ids = yield from _child_ids(child)
     yield from call("system", "set_dev_alias", {"alias": alias}, ids)
+
+
+def set_alias_verified(alias: str, child: str | None = None) -> Op[str]:
+    """Set the alias (of the plug, or the ``child`` outlet), then read it back."""
+    ids = yield from _child_ids(child)
+    yield from call("system", "set_dev_alias", {"alias": alias}, ids)
+    info = yield from sysinfo()
+    now = find_outlet(info, ids[0]).alias if ids else info.alias
+    if now != alias:
+        raise NotAppliedError(f"the plug accepted the alias {alias!r} but reads back {now!r}")
+    return now
+
+
+def outlet_info(selector: str) -> Op[tuple[SysInfo, OutletInfo, EmeterReading | None]]:
+    """One outlet of a strip: the strip, the outlet, and its meter reading if it has one."""
+    info = yield from sysinfo()
+    outlet = find_outlet(info, selector)
+    reading = None
+    if info.has_emeter:
+        data = yield from call("emeter", "get_realtime", None, [outlet.id])
+        reading = EmeterReading.from_dict(data)
+    return info, outlet, reading
 
 
 def reboot(delay: int = 1) -> Op[None]:
@@ -220,18 +280,82 @@ def plug_offset(plug: PlugTime, host_now: datetime) -> float:
     return (reading - host_now).total_seconds() + 0.5
 
 
+#: Read a clock back this long after setting it. The plug counts whole seconds from
+#: the moment it was set, so half a second later its reading is furthest from a
+#: tick either way, and one reading says whether it holds the time to ±0.5 s.
+READ_BACK_AFTER = 0.5
+
+
+def until_next_second(now: datetime) -> float:
+    """Seconds from ``now`` to the start of the next whole second (0 on one)."""
+    fraction = now.microsecond / 1_000_000
+    return 0.0 if fraction == 0 else 1.0 - fraction
+
+
+def read_back(sent_at: datetime, now: Callable[[int], datetime], tz_index: int,
+              read: Callable[[], Op[T]]) -> Op[tuple[T, datetime]]:
+    """Wait until :data:`READ_BACK_AFTER` after ``sent_at`` (host wall time in zone
+    ``tz_index``), run ``read()``; returns its result and the host time at the middle
+    of that round trip (what the reading is to be compared with)."""
+    wait = READ_BACK_AFTER - (now(tz_index) - sent_at).total_seconds()
+    if wait > 0:
+        yield Pause(wait)
+    before = now(tz_index)
+    result = yield from read()
+    after = now(tz_index)
+    return result, before + (after - before) / 2
+
+
 def sync_time(tz_index: int, now: Callable[[int], datetime]) -> Op[TimeSync]:
     """Set the plug to ``now(tz_index)`` (host wall time in that zone), then read back.
 
-    ``now`` is the caller's clock so this stays free of I/O and testable.
+    The plug takes whole seconds and starts counting from the moment it is set, so
+    the set is sent at the start of one of this host's seconds (a pause of up to a
+    second): the plug then ticks with the host instead of up to half a second apart.
+    The clock is read back half a second later. ``now`` is the caller's clock, so
+    this stays free of I/O and testable; :func:`clock_problem` judges the result.
     """
-    sent = now(tz_index)
-    # Round to the nearest second: the plug only takes whole seconds.
-    rounded = (sent + timedelta(microseconds=500_000)).replace(microsecond=0)
-    yield from set_clock(rounded, tz_index)
-    read = yield from get_time()
-    offset = plug_offset(read, now(tz_index))
-    return TimeSync(tz_index, rounded.isoformat(), read, offset)
+    yield Pause(until_next_second(now(tz_index)))
+    sent_at = now(tz_index)
+    target = _whole_second(sent_at)
+    method = yield from set_clock(target, tz_index)
+    read, host_mid = yield from read_back(sent_at, now, tz_index, get_time)
+    # Measured in the zone the plug says it is in: its own wall clock's error (a zone
+    # it kept is reported by clock_problem, not as an offset of whole hours).
+    zone = read.tz_index if read.tz_index in range(110) else tz_index
+    offset = plug_offset(read, host_mid + _zone_shift(now, tz_index, zone))
+    return TimeSync(tz_index, target.isoformat(), read, offset, method)
+
+
+def set_time_verified(when: datetime, tz_index: int,
+                      now: Callable[[int], datetime]) -> Op[TimeSync]:
+    """Set wall time ``when`` (naive, zone ``tz_index``), read back half a second
+    later; the offset is the read-back minus ``when`` plus the time since sending."""
+    sent_at = now(tz_index)
+    method = yield from set_clock(when, tz_index)
+    read, host_mid = yield from read_back(sent_at, now, tz_index, get_time)
+    expected = when + (host_mid - sent_at)
+    return TimeSync(tz_index, when.isoformat(), read, plug_offset(read, expected), method)
+
+
+def _zone_shift(now: Callable[[int], datetime], wanted: int, zone: int) -> timedelta:
+    """How far wall time in ``zone`` is ahead of wall time in ``wanted`` right now."""
+    if zone == wanted:
+        return timedelta(0)
+    return now(zone) - now(wanted)
+
+
+def clock_problem(result: TimeSync, threshold: float) -> str | None:
+    """Why a set clock is not right (for the exit code), or None when it is: the plug
+    kept another zone than asked, or its read-back is off by more than ``threshold``."""
+    read = result.read_back
+    if read.tz_index is not None and read.tz_index != result.tz_index:
+        return (f"the plug accepted {result.method} but kept zone {read.tz_index} instead "
+                f"of {result.tz_index} (clock reads {read.isoformat()})")
+    if abs(result.offset_s) > threshold:
+        return (f"the plug accepted {result.method} but its clock reads {read.isoformat()}, "
+                f"{result.offset_s:+.1f} s off (more than {threshold:g} s)")
+    return None
 
 
 # ---------------------------------------------------------------- energy meter
@@ -281,6 +405,31 @@ def emeter_monthstat(year: int, child: str | None = None) -> Op[list[EnergyEntry
     return _entries(data, "month_list")
 
 
+def emeter_history(
+    year: int, month: int | None, child: str | None = None
+) -> Op[list[tuple[OutletInfo | None, list[EnergyEntry]]]]:
+    """Energy per day of ``month`` (per month of ``year`` when ``month`` is None): one
+    list for a plug or the ``child`` outlet, one per outlet for a whole strip (the
+    strip keeps its statistics per outlet)."""
+    if month is None:
+        method, params, key = "get_monthstat", {"year": year}, "month_list"
+    else:
+        method, params, key = "get_daystat", {"year": year, "month": month}, "day_list"
+    info = yield from sysinfo()
+    if child is not None:
+        targets: list[OutletInfo | None] = [find_outlet(info, child)]
+    elif info.children:
+        targets = list(info.children)
+    else:
+        targets = [None]
+    found: list[tuple[OutletInfo | None, list[EnergyEntry]]] = []
+    for outlet in targets:
+        ids = None if outlet is None else [outlet.id]
+        data = yield from call("emeter", method, params, ids)
+        found.append((outlet, _entries(data, key)))
+    return found
+
+
 # ----------------------------------------------------------------------- cloud
 
 
@@ -294,6 +443,21 @@ def cloud_unbind() -> Op[None]:
 
 def cloud_set_server(server: str) -> Op[None]:
     yield from call("cnCloud", "set_server_url", {"server": server})
+
+
+def cloud_unbind_verified() -> Op[None]:
+    """Unbind, then read the binding back."""
+    yield from cloud_unbind()
+    if (yield from cloud_info()).bound:
+        raise NotAppliedError("the plug accepted unbind but is still bound")
+
+
+def cloud_set_server_verified(server: str) -> Op[None]:
+    """Point the cloud client at ``server``, then read it back."""
+    yield from cloud_set_server(server)
+    now = (yield from cloud_info()).server
+    if now != server:
+        raise NotAppliedError(f"the plug accepted the server {server!r} but reads back {now!r}")
 
 
 # ----------------------------------------------------------------------- Wi-Fi
@@ -313,8 +477,10 @@ def wifi_join(ssid: str, password: str, key_type: int = 3) -> Op[None]:
 # ----------------------------------------------------------------------- rules
 
 
-def schedule_rules() -> Op[list[dict[str, Any]]]:
-    data = yield from call("schedule", "get_rules")
+def schedule_rules(child: str | None = None) -> Op[list[dict[str, Any]]]:
+    """Schedule rules of the plug, or of the ``child`` outlet of a strip."""
+    ids = yield from _child_ids(child)
+    data = yield from call("schedule", "get_rules", None, ids)
     return _items(data, "rule_list")
 
 
@@ -379,12 +545,14 @@ def correct_clock(
     ``set_time``'s :class:`DeviceError` is raised with ``set_timezone``'s as its
     ``__cause__``. Reading the clock back is the caller's step.
     """
+    yield Pause(until_next_second(now(tz_index)))  # see sync_time: tick with the host
     sent = _whole_second(now(tz_index))
     try:
         yield from call("time", "set_timezone", {"index": tz_index, **_time_params(sent)})
         return ClockSet("set_timezone", tz_index, sent.isoformat())
     except DeviceError as exc:
         first = exc
+    yield Pause(until_next_second(now(keep_index)))
     sent = _whole_second(now(keep_index))
     try:
         yield from call("time", "set_time", _time_params(sent))

@@ -179,6 +179,53 @@ def loads(data: bytes) -> Reply:
     return obj
 
 
+def is_read_only(request: Request) -> bool:
+    """Only ``get_*`` methods: sending it twice changes nothing. Anything else (a switch,
+    a clock, a reboot) must not be re-sent after a connection broke once it may have
+    reached the plug: the plug may have acted, and a repeated ``set_timezone`` would
+    set a time that is stale by then."""
+    methods = [method for module, body in request.items() if module != "context"
+               and isinstance(body, dict) for method in body]
+    return bool(methods) and all(str(m).startswith("get_") for m in methods)
+
+
+def check_request(data: bytes, limit: int = MAX_MESSAGE) -> Request:
+    """Check a hand-written request before it goes to a plug; ValueError says what is
+    wrong. A request is an object of modules, each an object of methods whose
+    parameters are an object or null (``context`` is an object too), and fits in one
+    message. Anything else the plug answers by closing the connection, which would
+    look like a network fault instead of the typo it is."""
+    if len(data) > limit:
+        raise ValueError(f"the request is {len(data)} bytes; a plug message is at most {limit}")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"a request is a JSON object of modules, not {_json_kind(obj)}")
+    if not any(key != "context" for key in obj):
+        raise ValueError('the request names no module, e.g. {"system":{"get_sysinfo":{}}}')
+    for module, methods in obj.items():
+        if not isinstance(methods, dict):
+            raise ValueError(f"{module!r} must be an object of methods, not "
+                             f"{_json_kind(methods)}")
+        if module == "context":
+            continue
+        for method, params in methods.items():
+            if params is not None and not isinstance(params, dict):
+                raise ValueError(f"the parameters of {module}.{method} must be an object "
+                                 f"or null, not {_json_kind(params)}")
+    return obj
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {list: "an array", str: "a string", int: "a number", float: "a number",
+             type(None): "null", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _error_of(obj: Any) -> tuple[int, str] | None:
     if isinstance(obj, dict) and "err_code" in obj:
         code = obj.get("err_code")

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hs100local.eventview import iso
+from hs100local.eventview import clock_reading, clock_was_lost, iso
 
 #: a plug clock further off than this (ms) is called out in the verdict
 CLOCK_TOLERANCE_MS = 2000
@@ -66,6 +66,8 @@ class PlugReport:
     ntp_requests: int = 0
     clock_offset_ms: int | None = None  # the plug's clock in its latest NTP request
     clock_offset_max_ms: int | None = None  # the largest |offset| seen
+    clock_at: float | None = None  # when that latest request came
+    clock_max_at: float | None = None  # when the largest came
     time_syncs: dict[str, int] = field(default_factory=dict)  # outcome -> count
     firmware_changes: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = ""
@@ -122,9 +124,10 @@ def _add_event(report: PlugReport, event: Any) -> None:
         offset = d.get("offset_ms")
         if isinstance(offset, int):
             report.clock_offset_ms = offset  # events come oldest first: the latest wins
+            report.clock_at = event.at  # the details are those of the row's first
             if report.clock_offset_max_ms is None or abs(offset) > abs(
                     report.clock_offset_max_ms):
-                report.clock_offset_max_ms = offset
+                report.clock_offset_max_ms, report.clock_max_at = offset, event.at
     elif event.kind == "time":
         outcome = str(d.get("outcome") or "unknown")
         report.time_syncs[outcome] = report.time_syncs.get(outcome, 0) + n
@@ -167,8 +170,14 @@ def verdict(report: PlugReport) -> str:
     else:
         head = "no traffic seen: does this plug use our DNS server (DHCP)?"
     notes = []
-    if report.clock_offset_ms is not None and abs(report.clock_offset_ms) > CLOCK_TOLERANCE_MS:
-        notes.append(f"its clock is off by {report.clock_offset_ms / 1000:+.1f} s")
+    # An NTP request carries the plug's clock *before* our answer sets it.
+    offset = report.clock_offset_ms
+    if offset is not None and clock_was_lost(offset, report.clock_at or 0.0):
+        notes.append("it had lost its clock (a power cut?) when it last asked for the time, "
+                     "and was served it")
+    elif offset is not None and abs(offset) > CLOCK_TOLERANCE_MS:
+        notes.append(f"its clock was off by {offset / 1000:+.1f} s when it last asked for "
+                     f"the time, and was served it")
     if report.time_syncs.get("refused"):
         notes.append("it refuses clock setting")
     if report.firmware_changes:
@@ -182,14 +191,16 @@ def build_report(events: Iterable[Any], plugs: Iterable[Any],
     """``plugs`` are inventory records (mac, host, alias, model, sw_ver, hw_ver,
     protocol); ``changes`` the inventory's changes in the window (firmware and
     protocol ones are reported); ``events`` oldest first."""
+    from hs100local.attribution import unique_hosts
+
     reports: dict[str, PlugReport] = {}
-    by_host: dict[str, str] = {}
+    plugs = list(plugs)
     for plug in plugs:
         reports[plug.mac] = PlugReport(
             plug.mac, plug.alias, plug.host, plug.model,
             f"{plug.sw_ver} (hw {plug.hw_ver})" if plug.hw_ver else plug.sw_ver,
             plug.protocol)
-        by_host[plug.host] = plug.mac
+    by_host = unique_hosts(plugs)  # an address plugs share names none of them
     others: dict[str, Counter[str]] = {}
     for event in events:
         mac = event.plug or (by_host.get(event.client) if event.client else None)
@@ -248,8 +259,9 @@ def render(report: Report) -> list[str]:
                 f"{name} ({n})" for name, n in sorted(p.names.items(), key=lambda x: -x[1])))
         if p.ntp_requests:
             clock = ("" if p.clock_offset_ms is None
-                     else f", its clock {p.clock_offset_ms:+d} ms (largest "
-                          f"{p.clock_offset_max_ms:+d} ms)")
+                     else f", its {clock_reading(p.clock_offset_ms, p.clock_at or 0.0)} "
+                          f"(furthest off: "
+                          f"{clock_reading(p.clock_offset_max_ms, p.clock_max_at or 0.0)})")
             lines.append(f"  NTP served: {p.ntp_requests}{clock}")
         if p.time_syncs:
             lines.append("  time keeper: " + ", ".join(

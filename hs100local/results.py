@@ -301,16 +301,19 @@ class AccessPoint:
 class TimeSync:
     """Outcome of setting a plug's clock: what was sent and what was read back."""
 
-    tz_index: int
+    tz_index: int  # the zone asked for
     sent: str
     read_back: PlugTime
-    offset_s: float  # plug minus host, measured on the read-back
+    offset_s: float  # plug minus host (or minus what it should read), on the read-back
+    method: str = "set_timezone"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tz_index": self.tz_index,
             "sent": self.sent,
+            "method": self.method,
             "read_back": self.read_back.isoformat(),
+            "tz_read_back": self.read_back.tz_index,
             "offset_s": round(self.offset_s, 3),
         }
 
@@ -330,6 +333,10 @@ def normalize_mac(text: Any) -> str | None:
 
 
 #: ``protocol`` values: the legacy XOR protocol on port 9999, or KLAP (port 9999 closed)
+#: a plug clock before this year has not been set since the plug started (it starts
+#: at 2000-01-01 after a power cut); no plug was sold before 2010
+CLOCK_LOST_BEFORE = 2010
+
 PROTOCOL_XOR = "xor"
 PROTOCOL_KLAP = "klap"
 

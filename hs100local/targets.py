@@ -23,7 +23,10 @@ from hs100local.protocol import Reply, build_request
 from hs100local.results import KLAP_NOTE, DiscoveredPlug, SysInfo, normalize_mac
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hs100local.blocking import BlockingTransport
+    from hs100local.hostport import Budget
     from hs100local.inventory import Inventory, PlugRecord
 
 SYSINFO_REQUEST = build_request("system", "get_sysinfo")
@@ -41,6 +44,16 @@ class OpenedTarget:
     sysinfo_reply: Reply | None = None  # the verification reply, usable once
     record: PlugRecord | None = None
     moved_from: str | None = None  # the old address when the plug was found elsewhere
+
+
+def is_address(target: str) -> bool:
+    """True when ``target`` is an IP address with an optional port: it needs no
+    inventory (so the one-shot path does not even import SQLite)."""
+    try:
+        host, _port = parse_hostport(target)
+    except TargetError:
+        return False
+    return _is_ip(host)
 
 
 def _is_ip(text: str) -> bool:
@@ -67,8 +80,20 @@ def open_target(
     db: str | os.PathLike[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     rediscover_timeout: float = REDISCOVER_TIMEOUT,
+    budget: Budget | None = None,
+    whole_device: str | None = None,
+    outlet_given: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> OpenedTarget:
-    """Resolve ``text`` (address, host name, alias, outlet alias or MAC) and connect."""
+    """Resolve ``text`` (address, host name, alias, outlet alias or MAC) and connect.
+
+    ``budget`` bounds the whole wait (address check, search, the command's own
+    requests). ``whole_device``: the name of a command that acts on the whole device;
+    a name that resolves to one outlet is then refused before anything is sent.
+    ``outlet_given``: an outlet was chosen separately (``-c``), so a name that is an
+    outlet's is refused as ambiguous. ``notify`` hears what takes time (a broadcast
+    search for a plug).
+    """
     from hs100local.blocking import BlockingTransport
 
     text = text.strip()
@@ -79,7 +104,7 @@ def open_target(
     else:
         parse_error = None
         if _is_ip(host):
-            return OpenedTarget(BlockingTransport(host, port, timeout=timeout))
+            return OpenedTarget(BlockingTransport(host, port, timeout=timeout, budget=budget))
 
     mac = normalize_mac(text)
     inventory = _inventory(db)
@@ -90,40 +115,76 @@ def open_target(
             if resolved is None and parse_error is None and host != text:
                 resolved = inventory.lookup(host)  # "kitchen:9999"
         if resolved is not None:
+            if resolved.child is not None and outlet_given:
+                strip = resolved.record.alias or resolved.record.mac
+                raise TargetError(f"{text!r} already names outlet {resolved.child.index} of "
+                                  f"{strip!r}; drop -c (or use -H {strip!r} -c N)")
+            if resolved.child is not None and whole_device is not None:
+                strip = resolved.record.alias or resolved.record.mac
+                raise TargetError(
+                    f"{text!r} is outlet {resolved.child.index} of {strip!r}; {whole_device} "
+                    f"acts on the whole device: use -H {strip!r}")
             explicit_port = port if parse_error is None and host != text else None
             opened = _open_recorded(resolved.record, explicit_port, inventory, timeout,
-                                    rediscover_timeout)
+                                    rediscover_timeout, budget, notify)
             if resolved.child is not None:
                 opened.child = resolved.child.id
             return opened
         if mac is not None:
             # A MAC the inventory does not know yet: find it on the network.
-            found = _rediscover(mac, rediscover_timeout)
+            found = _rediscover(mac, _search_time(rediscover_timeout, budget), notify, budget)
             if found is None:
                 raise UnreachableError(
-                    f"no plug with MAC {mac} answered discovery within {rediscover_timeout:g} s"
+                    f"no plug with MAC {mac} answered discovery "
+                    f"(it is not in the inventory either)"
                 )
             _remember(db, found)
-            return _open_found(found, timeout)
+            return _open_found(found, timeout, budget)
+        known = 0 if inventory is None else len(inventory.plugs())
     finally:
         if inventory is not None:
             inventory.close()
+    where = (f"no plug in the inventory ({known} plugs; see 'hs100local plugs') has that alias"
+             if inventory is not None else
+             "there is no plug inventory yet to look aliases up in (run 'hs100local discover')")
     if parse_error is not None:
-        raise TargetError(
-            f"{text!r} is neither HOST[:PORT] nor a plug alias or MAC in the inventory"
-        )
-    return OpenedTarget(BlockingTransport(host, port, timeout=timeout))
+        raise TargetError(f"{parse_error}, nor is it a plug alias or MAC: {where}")
+    _check_name(host, text, where)
+    return OpenedTarget(BlockingTransport(host, port, timeout=timeout, budget=budget))
 
 
-def _verify(host: str, port: int, mac: str, timeout: float) -> tuple[Any, Reply] | None:
+def _check_name(host: str, text: str, where: str) -> None:
+    """A name that is no alias must be a host name; say both when it is neither, instead
+    of the resolver's bare "Name or service not known"."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            raise TargetError(f"{text!r}: {where}, and no host has that name") from None
+        raise UnreachableError(f"cannot resolve {host!r} ({exc.strerror or exc}); "
+                               f"and {where}") from None
+
+
+def _search_time(wanted: float, budget: Budget | None) -> float:
+    return wanted if budget is None else budget.cap(wanted)
+
+
+def _verify(host: str, port: int, mac: str, timeout: float,
+            budget: Budget | None = None) -> tuple[Any, Reply] | None:
     """Connect and check the MAC; ``(transport, sysinfo reply)`` or None if it is not there."""
     from hs100local.blocking import BlockingTransport
     from hs100local.protocol import method_result
 
     # A plug on the LAN accepts within milliseconds; an address that went silent
-    # should not cost the whole timeout before the search starts.
-    transport = BlockingTransport(host, port, timeout=timeout,
-                                  connect_timeout=min(timeout, VERIFY_CONNECT_TIMEOUT), retries=0)
+    # should not cost the whole timeout (or budget) before the search starts.
+    connect, reply_wait = min(timeout, VERIFY_CONNECT_TIMEOUT), timeout
+    if budget is not None:
+        connect = min(connect, budget.remaining() / 4)
+        reply_wait = min(reply_wait, budget.remaining() / 2)
+    transport = BlockingTransport(host, port, timeout=reply_wait, connect_timeout=connect,
+                                  retries=0, budget=budget)
     try:
         reply = transport.query(SYSINFO_REQUEST)
         info = SysInfo.from_dict(method_result(reply, "system", "get_sysinfo"))
@@ -138,45 +199,73 @@ def _verify(host: str, port: int, mac: str, timeout: float) -> tuple[Any, Reply]
 
 def _open_recorded(
     record: PlugRecord, explicit_port: int | None, inventory: Inventory, timeout: float,
-    rediscover_timeout: float,
+    rediscover_timeout: float, budget: Budget | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> OpenedTarget:
     port = explicit_port or record.port
-    checked = _verify(record.host, port, record.mac, timeout)
+    checked = _verify(record.host, port, record.mac, timeout, budget)
     if checked is not None:
         transport, reply = checked
-        transport.retries = 1
+        transport.retries, transport.timeout = 1, timeout
+        transport.connect_timeout = timeout
         return OpenedTarget(transport, sysinfo_reply=reply, record=record)
-    found = _rediscover(record.mac, rediscover_timeout)
     name = f"{record.alias or record.model} ({record.mac})"
+    found = _rediscover(record.mac, _search_time(rediscover_timeout, budget), notify, budget,
+                        f"{name} is not at {record.host}")
     if found is None:
-        raise UnreachableError(
-            f"{name} is not at {record.host} and did not answer discovery within "
-            f"{rediscover_timeout:g} s"
-        )
+        raise UnreachableError(f"{name} is not at {record.host} and did not answer discovery")
     inventory.record([found])
-    opened = _open_found(found, timeout, name)
+    opened = _open_found(found, timeout, budget, name)
     opened.record, opened.moved_from = record, record.host
     return opened
 
 
-def _open_found(found: DiscoveredPlug, timeout: float, name: str | None = None) -> OpenedTarget:
+def _open_found(found: DiscoveredPlug, timeout: float, budget: Budget | None = None,
+                name: str | None = None) -> OpenedTarget:
     from hs100local.blocking import BlockingTransport
 
     if not found.controllable:
         label = name or f"{found.model} ({found.mac})"
         raise ProtocolError(f"{label} at {found.host}: {found.note or KLAP_NOTE}")
-    return OpenedTarget(BlockingTransport(found.host, found.port, timeout=timeout))
+    return OpenedTarget(BlockingTransport(found.host, found.port, timeout=timeout,
+                                          budget=budget))
 
 
-def _rediscover(mac: str, timeout: float) -> DiscoveredPlug | None:
+def _rediscover(mac: str, timeout: float, notify: Callable[[str], None] | None = None,
+                budget: Budget | None = None, why: str | None = None) -> DiscoveredPlug | None:
+    """Broadcast for ``mac``; says on which interfaces first (it takes a while)."""
     import asyncio
+    import time
 
-    from hs100local.discovery import find_plug
+    from hs100local.discovery import default_interfaces, find_plug
+    from hs100local.interfaces import ipv4_interfaces
 
+    prefix = f"{why}; " if why else ""
+    try:
+        where = [i.label for i in ipv4_interfaces(default_interfaces()) if i.broadcast]
+    except TargetError as exc:
+        where, reason = [], str(exc)
+    else:
+        reason = "no IPv4 interface with a broadcast address"
+    if not where:
+        if notify is not None:
+            notify(f"{prefix}cannot search for {mac}: {reason}")
+        return None
+    if timeout <= 0:
+        if notify is not None:
+            notify(f"{prefix}no time left (--timeout) to search for {mac}")
+        return None
+    if notify is not None:
+        notify(f"{prefix}searching for {mac} by broadcast on {', '.join(where)} "
+               f"(up to {timeout:.1f} s)")
+    started = time.monotonic()
     try:
         return asyncio.run(find_plug(mac, timeout=timeout))
-    except TargetError:  # no interface to broadcast on
+    except TargetError:  # the interfaces went away meanwhile
         return None
+    finally:
+        if budget is not None:
+            budget.charge(time.monotonic() - started)
 
 
 def _remember(db: str | os.PathLike[str] | None, found: DiscoveredPlug) -> None:
@@ -186,4 +275,4 @@ def _remember(db: str | os.PathLike[str] | None, found: DiscoveredPlug) -> None:
         inventory.record([found])
 
 
-__all__ = ["SYSINFO_REQUEST", "OpenedTarget", "open_target"]
+__all__ = ["SYSINFO_REQUEST", "OpenedTarget", "is_address", "open_target"]

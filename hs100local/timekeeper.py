@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hs100local import ops
 from hs100local.errors import DeviceError, Hs100Error, ProtocolError
-from hs100local.results import PROTOCOL_XOR, PlugTime, SysInfo, normalize_mac
+from hs100local.results import (
+    CLOCK_LOST_BEFORE,
+    PROTOCOL_XOR,
+    PlugTime,
+    SysInfo,
+    normalize_mac,
+)
 from hs100local.transport import TcpTransport
 
 if TYPE_CHECKING:
@@ -47,9 +53,6 @@ log = logging.getLogger("hs100local.timekeeper")
 EVENT_KIND = "time"
 #: what :attr:`TimeCheck.status` can be
 STATUSES = ("ok", "fixed", "refused", "unreachable", "backoff")
-#: a plug clock before this year has not been set since the plug started (it
-#: starts at 2000-01-01); no plug was sold before 2010
-CLOCK_LOST_BEFORE = 2010
 #: firmware zone indices are 0..109
 _ZONES = range(110)
 
@@ -59,7 +62,8 @@ Relays = dict[str, tuple[bool, int]]  # outlet id ("" for a plug) -> (on, on_tim
 class EventSink(Protocol):
     """Where events go: :class:`hs100local.events.EventStore` or anything like it."""
 
-    def record(self, kind: str, client: str | None, details: dict[str, Any]) -> None: ...
+    def record(self, kind: str, client: str | None, details: dict[str, Any], *,
+               plug: str | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -345,7 +349,11 @@ class TimeKeeper:
         except DeviceError as exc:
             return self._refuse(record, result, tuple(reasons), _refusal(exc),
                                 offset_before_s=offset, tz_index=zone)
-        info, after = await ops.run_async(ops.time_status(), plug.query)
+        # Read back half a second after the (second-aligned) set: see ops.sync_time.
+        sent_at = datetime.fromisoformat(done.sent)
+        (info, after), _mid = await ops.run_async(
+            ops.read_back(sent_at, self._host_now, done.tz_index, ops.time_status),
+            plug.query)
         moved = self._moved(record, info)
         if moved is not None:  # reconnected to another device half-way: say so
             return result("unreachable", reasons=("moved",), error=moved)
@@ -407,6 +415,8 @@ class TimeKeeper:
             "error": check.error,
         }
         try:
-            self.events.record(EVENT_KIND, check.host, details)
+            # The keeper addressed this plug itself: the event is the plug's by its MAC,
+            # never by an address another plug may share (emulators, one NAT).
+            self.events.record(EVENT_KIND, check.host, details, plug=check.mac)
         except Exception:  # a closed store must not cost the pass its results
             log.exception("cannot record time event for %s", check.mac)

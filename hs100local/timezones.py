@@ -32,6 +32,7 @@ __all__ = [
     "TIMEZONES",
     "TimeZone",
     "host_index",
+    "host_now",
     "host_zone_name",
     "index_for_zone",
     "is_stable",
@@ -273,6 +274,14 @@ def zoneinfo_for(index: int) -> datetime.tzinfo:
     import zoneinfo
 
     return zoneinfo.ZoneInfo(zone(index).iana)
+
+
+def host_now(index: int) -> datetime.datetime:
+    """This host's wall time in plug zone ``index`` (naive): what a plug in that zone
+    should read now."""
+    from datetime import datetime
+
+    return datetime.now(zoneinfo_for(index)).replace(tzinfo=None)
 
 
 def _load(name: str) -> datetime.tzinfo:

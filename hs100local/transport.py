@@ -35,6 +35,7 @@ from hs100local.protocol import (
     dumps,
     encode_tcp,
     encode_udp,
+    is_read_only,
     loads,
     parse_header,
 )
@@ -88,13 +89,22 @@ class TcpTransport(Endpoint):
         length = parse_header(header, self.limit)
         return await reader.readexactly(length)
 
-    async def query_bytes(self, message: bytes) -> bytes:
-        """Send one plaintext message, return the decrypted plaintext reply."""
+    async def query_bytes(self, message: bytes, *, repeatable: bool = True) -> bytes:
+        """Send one plaintext message, return the decrypted plaintext reply.
+
+        ``repeatable=False`` (a change): sent on a connection that has carried nothing
+        yet and never re-sent once it may have reached the plug (see
+        :meth:`hs100local.blocking.BlockingTransport.query_bytes`).
+        """
         async with self._lock:
+            if not repeatable and self._writer is not None:
+                await self._drop()
             for attempt in range(self.retries + 1):
+                sending = False
                 try:
                     await self._connect()
                     try:
+                        sending = True
                         cipher = await asyncio.wait_for(self._exchange(message), self.timeout)
                     except asyncio.TimeoutError:
                         raise PlugTimeoutError(
@@ -110,13 +120,15 @@ class TcpTransport(Endpoint):
                     return decrypt(cipher)
                 except Hs100Error as exc:
                     await self._drop()
-                    if not exc.retryable or attempt >= self.retries:
+                    if not exc.retryable or attempt >= self.retries or (
+                            sending and not repeatable):
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
 
     async def query(self, request: Request) -> Reply:
         """Send a request dict, return the reply dict (no err_code checks here)."""
-        return loads(await self.query_bytes(dumps(request)))
+        return loads(await self.query_bytes(dumps(request),
+                                            repeatable=is_read_only(request)))
 
     async def _drop(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

@@ -8,6 +8,7 @@ from hs100local.attribution import (
     PlugDirectory,
     known_plugs,
     read_arp_table,
+    unique_hosts,
 )
 from hs100local.inventory import Inventory
 from hs100local.results import DiscoveredPlug
@@ -123,3 +124,21 @@ def test_the_serve_sink_attributes_and_names_the_plug_in_its_log(caplog):
     assert "192.168.1.50 (Lamp) name=n-devs.tplinkcloud.com" in caplog.text
     assert "192.168.1.77 name=x" in caplog.text
 
+
+
+def test_an_address_two_plugs_share_names_neither():
+    """Emulators on 127.0.0.1, plugs behind one NAT: a packet's source cannot tell them
+    apart, so its event belongs to no plug rather than to whichever was listed last."""
+    nat_a = KnownPlug("50:C7:BF:00:00:0A", "192.168.1.70", "A")
+    nat_b = KnownPlug("50:C7:BF:00:00:0B", "192.168.1.70", "B")
+    asked: list[str] = []
+
+    def arp() -> dict[str, str]:
+        asked.append("arp")
+        return {"192.168.1.70": nat_a.mac}  # the ARP entry names one of them: no proof
+
+    directory = PlugDirectory([LAMP, nat_a, nat_b], arp=arp)
+    assert directory.plug_for("192.168.1.70") is None
+    assert directory.plug_for(LAMP.host) == LAMP.mac
+    assert asked == []
+    assert unique_hosts([LAMP, nat_a, nat_b]) == {LAMP.host: LAMP.mac}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
+import prockit
 import pytest
 from click.testing import CliRunner
 
@@ -156,20 +156,14 @@ def test_usage_errors_exit_2():
     assert runner.invoke(cli, ["-H", "1.2.3.4:99999", "on"]).exit_code == 2
 
 
-def test_demo_runs_against_its_own_emulator():
-    result = CliRunner().invoke(cli, ["demo", "--model", "hs110"])
-    assert result.exit_code == 0, result.output
-    assert "Power ON" in result.stdout and "offset" in result.stdout
-
-
 # ---------------------------------------------------------------- subprocess
 
 
 def sub(*args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k != "HS100LOCAL_HOST"}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "hs100local", *args], capture_output=True,
-                          text=True, timeout=30, env=env)
+    return prockit.run([sys.executable, "-m", "hs100local", *args], capture_output=True,
+                       text=True, timeout=30, env=env)
 
 
 def test_subprocess_control_and_json(emulator):
@@ -205,6 +199,6 @@ def test_cli_start_up_does_not_import_asyncio(emulator):
         "try:\n main()\nexcept SystemExit: pass\n"
         "print(sorted({'asyncio', 'sqlite3', 'netifaces'} & set(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    out = prockit.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     # An address after -H needs neither the event loop nor the inventory.
     assert out.stdout.strip().endswith("[]"), out

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import prockit
 import pytest
 from click.testing import CliRunner, Result
 from loopback_plugs import LoopbackPlugs
@@ -283,8 +284,9 @@ def test_plug_selection_and_errors(lab: Lab, sinkhole: int, tmp_path: Path,
     by_mac = lab.audit_json(config, "--plug", lab.macs["Lamp"].lower(), code=1)
     assert [p["alias"] for p in by_mac["plugs"]] == ["Lamp"]
     unknown = lab.audit(config, "--plug", "Nope", code=2)
-    assert [x for x in unknown.stderr.splitlines() if "Nope" in x] == [
-        "Error: no plug 'Nope' in the inventory (see 'hs100local plugs')"]
+    assert unknown.stderr.splitlines() == [
+        "hs100local: error: no plug 'Nope' in the inventory (see 'hs100local plugs'); "
+        "see 'cli audit --help'"]
     assert "--since" in lab.audit(config, "--since", "bogus", code=2).stderr
     bad = tmp_path / "bad.toml"
     bad.write_text('dns = "not-an-address"\n')
@@ -395,8 +397,8 @@ def test_as_a_process(lab: Lab, sinkhole: int) -> None:
     command = [sys.executable, "-m", "hs100local", "audit", "--config", str(config)]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*command, *args], env=env, cwd=REPO, capture_output=True,
-                              text=True, timeout=60, check=False)
+        return prockit.run([*command, *args], env=env, cwd=REPO, capture_output=True,
+                           text=True, timeout=60, check=False)
 
     missing = run()
     assert missing.returncode == 3 and missing.stdout == ""

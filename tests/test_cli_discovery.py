@@ -72,9 +72,10 @@ def test_alias_from_the_inventory_controls_the_plug(start_emulator):
         True, False, True, True, True, True]
     out = json.loads(invoke("--json", "-H", "plug 2", "state").stdout)
     assert (out["index"], out["state"]) == (2, "off")
-    # -c still wins over the outlet the alias names
-    assert invoke("-H", "Plug 2", "-c", "3", "off").exit_code == 0
-    assert emu.call(lambda: emu.server.plug.outlets[2].on) is False
+    # -c beside an -H that already names an outlet is ambiguous: refused, nothing switched
+    both = invoke("-H", "Plug 2", "-c", "3", "off")
+    assert both.exit_code == 2 and "already names outlet 2" in both.stderr
+    assert emu.call(lambda: emu.server.plug.outlets[2].on) is True
 
 
 def test_inventory_lookup_reuses_the_verification_reply(start_emulator):
@@ -147,4 +148,4 @@ def test_a_name_not_in_the_inventory_is_a_host_name(start_emulator):
     closed = invoke("-H", "localhost:9", "--timeout", "1", "on")
     assert closed.exit_code == 3 and "localhost:9" in closed.stderr
     bad = invoke("-H", "Desk: left", "on")  # not HOST:PORT, not an alias
-    assert bad.exit_code == 2 and "neither HOST[:PORT] nor a plug alias" in bad.stderr
+    assert bad.exit_code == 2 and "nor is it a plug alias or MAC" in bad.stderr

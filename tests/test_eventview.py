@@ -59,6 +59,8 @@ def ev(kind: str, details: dict, **kw) -> Event:
      "NTPv3 mode 3, clock -1500 ms, served stratum 3"),
     ("ntp", {"version": 4, "mode": 3, "offset_ms": None, "stratum": 16},
      "NTPv4 mode 3, clock unknown, served stratum 16"),
+    ("ntp", {"version": 4, "mode": 3, "offset_ms": -946684800000 - 5000, "stratum": 3},
+     "NTPv4 mode 3, clock lost (read 1999-12-31), served stratum 3"),
     ("tls", {"local_port": 50443, "outcome": "unknown_ca", "sni": None, "version": "TLS 1.2",
              "ja3_hash": "abc", "ja4": "t12"},
      "port 50443 unknown_ca: sni - TLS 1.2 ja3 abc ja4 t12"),
@@ -73,7 +75,8 @@ def ev(kind: str, details: dict, **kw) -> Event:
     ("store", {"dropped": 12}, "dropped=12"),
 ])
 def test_summaries(kind, details, text):
-    assert summary(ev(kind, details)) == text
+    # at 2000-01-01: the plug's clock in an NTP request is relative to when it came
+    assert summary(ev(kind, details, at=2 * 946684800.0)) == text
 
 
 def test_folded_events_show_their_count_and_lines_escape_control_characters():

@@ -70,12 +70,20 @@ def test_alias_outlet_alias_and_mac_select_the_plug(plab):
     states = json_out(plab, "-H", strip.ip, "state")["outlets"]
     assert [o["state"] for o in states] == ["off", "off", "on", "off", "off", "off"]
     missing = plab.hs100local("-H", "no such plug", "on", check=False)
-    assert missing.returncode == 3  # taken as a host name, which does not resolve
+    assert missing.returncode == 2  # neither an alias nor a host name: said so
+    assert missing.stderr.splitlines() == [
+        "hs100local: error: 'no such plug': no plug in the inventory (6 plugs; see "
+        "'hs100local plugs') has that alias, and no host has that name; "
+        "see 'hs100local on --help'"]
 
 
 def test_unknown_mac_is_found_by_broadcast_and_remembered(plab):
     p5 = plug(plab, "plug05")
-    assert plab.hs100local("-H", p5.mac, "alias").stdout.strip() == p5.alias
+    found = plab.hs100local("-H", p5.mac, "alias")
+    assert found.stdout.strip() == p5.alias
+    # A search takes seconds: it says so first, and where it broadcasts.
+    assert found.stderr.startswith(f"hs100local: searching for {p5.mac} by broadcast on ")
+    assert "(198.18." in found.stderr
     assert [r["mac"] for r in json_out(plab, "plugs")] == [p5.mac]
 
 
@@ -128,7 +136,10 @@ def test_update_to_klap_firmware_is_reported_as_lost_control(plab):
             "klap", False, p4.alias)  # the name survives the update
         denied = plab.hs100local("-H", p4.alias, "--timeout", "2", "on", check=False)
         assert denied.returncode == 3 and "9999" in denied.stderr
-        assert len(denied.stderr.strip().splitlines()) == 1
+        # One error line, after the notice that it searched for the plug.
+        lines = denied.stderr.strip().splitlines()
+        assert [x for x in lines if "error:" in x] == lines[-1:]
+        assert lines[0].startswith(f"hs100local: {p4.alias} ({p4.mac}) is not at ")
     finally:
         p4.start(protocol="xor").wait_ready(30)
 

@@ -42,13 +42,20 @@ def tls(at: float, plug: str | None = LAMP, client: str = "192.168.1.50", count:
     return Event(next(_ids), at, "tls", client, {**base, **details}, count, last, plug)
 
 
+#: NTP events carry the plug's clock as an offset from when they came: a real time
+#: (an offset from 1970 would read as a clock lost after a power cut)
+NOW = 1_790_000_000.0
+
+
 def ev(kind: str, at: float, details: dict, plug: str | None = LAMP,
        client: str | None = "192.168.1.50", count: int = 1) -> Event:
+    if kind == "ntp":
+        at += NOW
     return Event(next(_ids), at, kind, client, details, count, None, plug)
 
 
 def build(events, plugs=PLUGS, changes=()):
-    report = build_report(events, plugs, changes, since=0.0, until=100_000.0)
+    report = build_report(events, plugs, changes, since=0.0, until=NOW + 100_000.0)
     return report, {p.alias: p for p in report.plugs}
 
 
@@ -106,7 +113,8 @@ def test_names_ntp_clock_time_syncs_and_quiet_plugs():
     assert lamp.time_syncs == {"fixed": 1, "refused": 1}
     assert lamp.verdict == ("isolated: cloud names answered by our DNS; no connection to the "
                             "cloud listener seen (is it on ports 443 and 50443?); its clock "
-                            "is off by +3.0 s; it refuses clock setting")
+                            "was off by +3.0 s when it last asked for the time, and was "
+                            "served it; it refuses clock setting")
     assert plugs["Heater"].verdict == "isolated as far as seen: NTP only, no cloud name " \
                                       "looked up"
 
@@ -155,7 +163,8 @@ def test_render_and_json_carry_every_section():
     for expected in ("Lamp  50:C7:BF:00:00:01  192.168.1.50  HS100(EU) 1.5.6 (hw 2.0)",
                      "verdict: isolated", "cloud attempts: 1", "outcomes: unknown_ca 1",
                      "JA3: aaa (1)", "names looked up: n-devs.tplinkcloud.com (1)",
-                     "NTP served: 1, its clock +12 ms", "time keeper: fixed 1",
+                     "NTP served: 1, its clock +12 ms (furthest off: clock +12 ms)",
+                     "time keeper: fixed 1",
                      "Heater", "cloud attempts: none", "192.168.1.99: dns 1"):
         assert expected in text
     data = report.as_dict()
@@ -163,3 +172,18 @@ def test_render_and_json_carry_every_section():
     assert data["plugs"][1]["alias"] == "Lamp"  # sorted by alias
     assert data["plugs"][1]["cloud"]["outcomes"] == {"unknown_ca": 1}
     assert "No plugs" in "\n".join(render(build_report([], [], since=0, until=1)))
+
+
+def test_a_plug_that_lost_its_clock_was_served_not_off():
+    """An NTP request carries the plug's clock before our answer: after a power cut it
+    reads 2000-01-01, and that is news about the power cut, not a clock left wrong."""
+    lost = -int((NOW + 40.0 - 946684800.0) * 1000)  # 2000-01-01 00:00:00 UTC when it asked
+    _, plugs = build([ev("ntp", 40.0, {"offset_ms": lost})])
+    assert plugs["Lamp"].verdict.endswith(
+        "; it had lost its clock (a power cut?) when it last asked for the time, and was "
+        "served it")
+    _, plugs = build([ev("ntp", 40.0, {"offset_ms": lost}), ev("ntp", 50.0, {"offset_ms": 2})])
+    assert "clock" not in plugs["Lamp"].verdict  # served, and right the next time it asked
+    report, _ = build([ev("ntp", 40.0, {"offset_ms": lost}), ev("ntp", 50.0, {"offset_ms": 2})])
+    assert ("NTP served: 2, its clock +2 ms (furthest off: clock lost (read 2000-01-01))"
+            in "\n".join(render(report)))

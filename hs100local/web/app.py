@@ -301,6 +301,7 @@ class Dashboard:
             raise BadRequest(400, str(exc)) from None
 
     async def _timeline(self, range_key: str) -> Any:
+        from hs100local.attribution import unique_hosts
         from hs100local.web.chart import RANGES, build_timeline
 
         now = self.clock()
@@ -310,7 +311,7 @@ class Dashboard:
                                          kind=["tls", "dns", "ntp"])
         return build_timeline(events, end=now, range_key=range_key,
                               labels={r.mac: r.alias or r.mac for r in records},
-                              host_to_plug={r.host: r.mac for r in records})
+                              host_to_plug=unique_hosts(records))
 
     async def _chart_svg(self, range_key: str) -> str:
         from hs100local.web.chart import render_svg
@@ -431,9 +432,12 @@ class Dashboard:
         if plug is not None:
             if not plug:
                 raise BadRequest(400, "plug: want an alias or a MAC")
+            from hs100local.attribution import unique_hosts
+
             record = _find(records, plug)
             selection["plug"] = record.mac
-            selection["plug_addresses"] = [record.host]
+            selection["plug_addresses"] = [h for h, m in unique_hosts(records).items()
+                                           if m == record.mac]
         aliases = {r.mac: r.alias for r in records}
         found = await asyncio.to_thread(self._events, **selection)
         return Response.json({"events": [event_json(ev, aliases.get(ev.plug or ""))
