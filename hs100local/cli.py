@@ -19,6 +19,7 @@ single plug and refuse ``-H``/``-c``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,8 @@ class Settings:
         self._child = value
 
     def target(self) -> str | None:
-        return self.host or os.environ.get(ENV_HOST)
+        """-H, else $HS100LOCAL_HOST (an empty -H is no plug, not "use the variable")."""
+        return self.host if self.host is not None else os.environ.get(ENV_HOST)
 
     def check_scope(self) -> None:
         """Refuse -H/-c the running command cannot honour, before anything is sent."""
@@ -104,6 +106,10 @@ class Settings:
         if not given:
             return default_db_path()
         path = Path(given).expanduser()
+        if path.is_dir():
+            source = "--db" if self.db else DB_ENV
+            raise click.BadParameter(f"{str(path)!r} is a folder, not a database file",
+                                     param_hint=source)
         if not path.parent.is_dir():
             source = "--db" if self.db else DB_ENV
             raise click.BadParameter(f"folder {str(path.parent)!r} does not exist",
@@ -154,9 +160,30 @@ class Settings:
             self._opened.transport.close()
 
 
+class Number(click.FloatRange):
+    """A FloatRange that also refuses nan and infinity (FloatRange lets them through, and
+    a socket timeout of nan is a traceback)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        import math
+
+        result = super().convert(value, param, ctx)
+        if not math.isfinite(result):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return result
+
+
+#: the longest wait an option may ask for (a socket or event-loop timeout beyond
+#: about 10**9 s overflows)
+MAX_SECONDS = 10_000_000
+
+
 def _store(name: str):
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
         if value is not None and value is not False:
+            if name in ("host", "child") and not str(value).strip():
+                raise click.BadParameter("is empty", param=_param)
             setattr(ctx.ensure_object(Settings), name, value)
 
     return callback
@@ -209,7 +236,7 @@ _TARGET = (
     ),
 )
 _TIMEOUT = click.option(
-    "--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
+    "--timeout", type=Number(min=0.1, max=3600), metavar="SECONDS", expose_value=False,
     callback=_store("timeout"),
     help="How long the whole command may wait on the network (default 5; discover: the "
          "listening window, default 3; audit: per plug, default 3).",
@@ -361,14 +388,19 @@ def _wants_json(args: list[str]) -> bool:
 
 def report_failure(message: str, exit_code: int, *, as_json: bool,
                    data: dict[str, Any] | None = None, reported: bool = False) -> None:
-    """The one way a failure is shown: one line on stderr, and JSON on stdout."""
+    """The one way a failure is shown: one line on stderr, and JSON on stdout (neither
+    may fail in turn: a closed pipe ends the output, not the exit code)."""
+    import contextlib
+
     text = one_line(message)
-    click.echo(f"hs100local: error: {text}", err=True)
+    with contextlib.suppress(OSError):
+        click.echo(f"hs100local: error: {text}", err=True)
     if as_json and not reported:
         import json
 
-        click.echo(json.dumps({"error": text, "exit": exit_code, **(data or {})},
-                              ensure_ascii=False))
+        with contextlib.suppress(OSError):
+            click.echo(json.dumps({"error": text, "exit": exit_code, **(data or {})},
+                                  ensure_ascii=False))
 
 
 class RootGroup(ScopedGroup):
@@ -389,6 +421,16 @@ class RootGroup(ScopedGroup):
             if exc.exit_code == 2:
                 raise click.UsageError(one_line(str(exc))) from None
             raise Failure(str(exc), exc.exit_code, reported=emitted()) from None
+        except OSError as exc:
+            # stdout closed under us (`| head -0`): the output is cut short, as by SIGPIPE,
+            # and the exit code says so (128 + 13), not "the plug refused" (1, click's)
+            import errno
+
+            if exc.errno != errno.EPIPE:
+                raise
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing to flush at exit
+            raise click.exceptions.Exit(141) from None
         finally:
             if isinstance(ctx.obj, Settings):
                 ctx.obj.close()
@@ -407,6 +449,11 @@ class RootGroup(ScopedGroup):
                            data=exc.data, reported=exc.reported)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+                # click >= 8.2 raises this for a group without its command: show the help
+                # (as click 8.1 did), not the help text folded into one error line
+                click.echo(exc.ctx.get_help())
+                sys.exit(0)
             message = exc.format_message()
             if exc.ctx is not None:
                 message += f"; see '{exc.ctx.command_path} --help'"
@@ -422,12 +469,6 @@ class RootGroup(ScopedGroup):
                 sys.exit(2)
             report_failure("interrupted", 130, as_json=as_json)
             sys.exit(130)
-        except OSError as exc:  # e.g. stdout closed under us
-            import errno
-
-            if exc.errno == errno.EPIPE:
-                sys.exit(1)
-            raise
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -561,12 +602,20 @@ def alias(new: str | None) -> None:
     if new is not None:
         if not new.strip():
             raise click.BadParameter("an alias cannot be empty", param_hint="NEW")
+        try:
+            new.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
+            raise click.BadParameter("not valid UTF-8 text", param_hint="NEW") from None
         if len(new.encode()) > 31:
             raise click.BadParameter("at most 31 bytes", param_hint="NEW")
         if not new.isprintable():
             raise click.BadParameter("no control characters", param_hint="NEW")
-        name = s.run(ops.set_alias_verified(new, s.child))
-        emit({"alias": name}, one_line(name))
+        from hs100local.targets import remember_sysinfo
+
+        info = s.run(ops.set_alias_verified(new, s.child))
+        if s.open().record is not None:  # reached through the inventory: the new name
+            remember_sysinfo(s.open(), info, s.db_path())  # works at once, the old not
+        emit({"alias": new}, one_line(new))
         return
     info = s.run(ops.sysinfo())
     name = ops.find_outlet(info, s.child).alias if s.child is not None else info.alias
@@ -661,14 +710,18 @@ def time(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from hs100local import ops
+    from hs100local.errors import ProtocolError
     from hs100local.timezones import host_now
 
     plug = settings().run(ops.get_time())
     data: dict[str, Any] = plug.as_dict()
     offset = None
     if plug.tz_index is not None and 0 <= plug.tz_index <= 109:
-        offset = ops.plug_offset(plug, host_now(plug.tz_index))
-        data["offset_s"] = round(offset, 1)
+        try:
+            offset = ops.plug_offset(plug, host_now(plug.tz_index))
+        except ProtocolError:  # an impossible date: show it, the offset is unknown
+            offset = None
+        data["offset_s"] = None if offset is None else round(offset, 1)
     human = f"{plug.isoformat().replace('T', ' ')} ({_zone_label(plug.tz_index)})"
     if offset is not None:
         human += f", {offset:+.1f} s from this host"
@@ -676,7 +729,7 @@ def time(ctx: click.Context) -> None:
 
 
 _threshold_option = click.option(
-    "--threshold", type=click.FloatRange(min=0), default=2.0, show_default=True,
+    "--threshold", type=Number(min=0, max=MAX_SECONDS), default=2.0, show_default=True,
     metavar="SECONDS",
     help="Seconds the clock read back may be off before the command fails (with --all: "
          "before a clock is set).")
@@ -688,8 +741,8 @@ def _clock_result(result: Any, threshold: float, verb: str) -> None:
 
     problem = ops.clock_problem(result, threshold)
     data = {**result.as_dict(), "ok": problem is None}
-    if problem is not None:
-        raise Failure(problem, 1, data=data)
+    if problem is not None or result.offset_s is None:
+        raise Failure(problem or "no offset", 1, data=data)
     offset = round(result.offset_s, 1) + 0.0  # no "-0.0"
     emit(data,
          f"Clock {verb} {result.sent.replace('T', ' ')} ({_zone_label(result.tz_index)}) "
@@ -724,7 +777,12 @@ def time_sync(tz_index: int | None, zone_name: str | None, every: bool, threshol
     if every:
         _time_sync_all(tz_index, zone_name, threshold)
         return
+    from hs100local.timezones import wall_time_problem
+
     index = _tz_index(tz_index, zone_name)
+    ambiguous = wall_time_problem(index, host_now(index))
+    if ambiguous is not None:  # refused before anything is sent
+        raise Failure(f"not now: it is {ambiguous}; sync again after that hour", 1)
     _clock_result(settings().run(ops.sync_time(index, host_now)), threshold, "set to")
 
 
@@ -795,14 +853,23 @@ def time_set(when: str, tz_index: int | None, zone_name: str | None, threshold: 
                                  "choose the zone with --zone/--tz-index", param_hint="WHEN")
     if not 2000 <= moment.year <= 2099:
         raise click.BadParameter("the plugs keep years 2000 to 2099", param_hint="WHEN")
+    from hs100local.timezones import wall_time_problem
+
     s = settings()
+    moment = moment.replace(microsecond=0)
     if tz_index is None and zone_name is None:
         index = s.run(ops.get_time()).tz_index
         if index is None:
             raise click.UsageError("the plug does not report its zone; give --tz-index")
+        if not 0 <= index <= 109:
+            raise click.UsageError(f"the plug reports zone {index}, not one of 0-109; "
+                                   f"give --tz-index or --zone")
     else:
         index = _tz_index(tz_index, zone_name)
-    result = s.run(ops.set_time_verified(moment.replace(microsecond=0), index, host_now))
+    problem = wall_time_problem(index, moment)
+    if problem is not None:  # before anything is set
+        raise click.BadParameter(problem, param_hint="WHEN")
+    result = s.run(ops.set_time_verified(moment, index, host_now))
     _clock_result(result, threshold, "set to")
 
 
@@ -968,15 +1035,17 @@ def wifi_scan(cached: bool) -> None:
 @wifi.command("join", scope="device")
 @common
 @click.argument("ssid")
-@click.option("--password", prompt=True, hide_input=True,
-              help="Network passphrase (prompted for when not given).")
+@click.option("--password", default=None,
+              help="Network passphrase (asked for, hidden, when not given).")
 @click.option("--key-type", type=click.IntRange(0, 3), default=3, show_default=True,
               help="0 open, 1 WEP, 2 WPA, 3 WPA2.")
-def wifi_join(ssid: str, password: str, key_type: int) -> None:
+def wifi_join(ssid: str, password: str | None, key_type: int) -> None:
     """Make the plug join SSID (it leaves its current network, so nothing can be read
     back: find it there with 'hs100local discover')."""
     from hs100local import ops
 
+    if password is None:  # asked here, after -c/-H were checked: not before a refusal
+        password = click.prompt("Password", hide_input=True, err=True)
     settings().run(ops.wifi_join(ssid, password, key_type))
     emit({"ssid": ssid, "key_type": key_type}, f"Plug told to join {one_line(ssid)!r}")
 
@@ -1285,6 +1354,11 @@ def plugs_forget(name: str) -> None:
         if inventory is not None:
             inventory.close()
         raise TargetError(f"no plug {name!r} in the inventory")
+    if found.child is not None:  # never widen one outlet to the whole strip
+        inventory.close()
+        strip = found.record.alias or found.record.mac
+        raise TargetError(f"{name!r} is outlet {found.child.index} of {strip!r}; forget "
+                          f"removes whole plugs: name {strip!r}")
     with inventory:
         inventory.forget(found.record.mac)
     emit({"forgotten": found.record.mac},
@@ -1344,7 +1418,7 @@ _sinkhole_options = (
 @click.option("--allow", "allow", multiple=True, metavar="CIDR",
               help="Clients to answer (repeatable; default: loopback and the networks of the "
                    "listen addresses). Others get REFUSED.")
-@click.option("--rate-limit", type=click.FloatRange(min=0), default=200.0, show_default=True,
+@click.option("--rate-limit", type=Number(min=0, max=1e9), default=200.0, show_default=True,
               help="Queries per second per client (bursts of twice that); 0 = no limit.")
 @click.option("--db", metavar="PATH", default=None,
               help="Event database (default: the inventory's, env HS100LOCAL_DB).")
@@ -1454,7 +1528,7 @@ def _run_service(make: Callable[[Any], Any], banner: Callable[[Any], str], *,
 @_sinkhole_options[0]
 @_sinkhole_options[1]
 @_sinkhole_options[2]
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+@click.option("--timeout", type=Number(min=0.1, max=3600), default=3.0, show_default=True,
               metavar="SECONDS", help="With --server: how long to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def dns_check(name: str, qtype: str, server: str | None, rules: tuple[str, ...],
@@ -1542,7 +1616,7 @@ def dns_check(name: str, qtype: str, server: str | None, rules: tuple[str, ...],
 @click.option("--ref-id", default=None, metavar="ID",
               help="Reference ID: IPv4 address or up to 4 characters (default 127.127.1.1, "
                    "LOCL at stratum 1).")
-@click.option("--rate-limit", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--rate-limit", type=Number(min=0, max=1e9), default=1.0, show_default=True,
               help="Requests per second per client (bursts of 8, or twice the rate); over it "
                    "a RATE kiss-o'-death. 0 = no limit.")
 @click.option("--db", metavar="PATH", default=None,
@@ -1620,9 +1694,10 @@ def ntp(listen: tuple[str, ...], stratum: int, assume_synced: bool, ref_id: str 
               help="After the ClientHello: try the handshake (default), close, or reset.")
 @click.option("--sinkhole", "rules", multiple=True, metavar="NAME[=MODE[:ADDR]]",
               help="An extra sinkhole rule (repeatable).")
-@click.option("--time-interval", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--time-interval", type=Number(min=0, max=MAX_SECONDS), default=None,
+              metavar="SECONDS",
               help="Time keeper pass every SECONDS (default 300; 0 = off).")
-@click.option("--discover-interval", type=click.FloatRange(min=0), default=None,
+@click.option("--discover-interval", type=Number(min=0, max=MAX_SECONDS), default=None,
               metavar="SECONDS", help="Discovery every SECONDS (default 3600; 0 = off).")
 @click.option("--user", default=None, help="Drop to this user after binding (when root).")
 @click.option("--web", "web_addrs", multiple=True, metavar="ADDR[:PORT]",
@@ -1767,7 +1842,7 @@ def _model_names() -> list[str]:
               help="TCP and UDP port (0 picks a free one).")
 @click.option("--alias", default=None, help="Initial alias.")
 @click.option("--mac", default=None, help="MAC address (default: derived from model and port).")
-@click.option("--load", "load_w", type=click.FloatRange(0, 3680), default=60.0, show_default=True,
+@click.option("--load", "load_w", type=Number(0, 3680), default=60.0, show_default=True,
               help="Watts the emulated appliance draws when on (energy meter models).")
 @click.option("--tz-index", type=click.IntRange(0, 109), default=6, show_default=True,
               help="Initial time-zone index (6 = US Pacific, the factory default).")
@@ -1795,11 +1870,11 @@ def _model_names() -> list[str]:
                    "TP-Link).")
 @click.option("--cloud-port", type=click.IntRange(1, 65535), default=443, show_default=True,
               help="--cloud: the cloud's TLS port (50443 on older firmware).")
-@click.option("--cloud-retry", type=click.FloatRange(min=0.1), default=60.0,
+@click.option("--cloud-retry", type=Number(min=0.1, max=MAX_SECONDS), default=60.0,
               show_default=True, metavar="SECONDS",
               help="--cloud: wait between cloud attempts, after a lost connection, and "
                    "after the whole NTP list failed.")
-@click.option("--cloud-keepalive", type=click.FloatRange(min=0.1), default=236.0,
+@click.option("--cloud-keepalive", type=Number(min=0.1, max=MAX_SECONDS), default=236.0,
               show_default=True, metavar="SECONDS",
               help="--cloud: keepalive interval while connected to a cloud it trusts.")
 @click.option("--ntp-name", "ntp_names", multiple=True, metavar="NAME",

@@ -44,6 +44,10 @@ def _records(db: Any, plug_name: str | None) -> tuple[list[Any], list[Any]]:
         found = inventory.lookup(plug_name)
     if found is None:
         raise TargetError(f"no plug {plug_name!r} in the inventory (see 'hs100local plugs')")
+    if found.child is not None:  # --fix acts on whole plugs: never widen an outlet
+        strip = found.record.alias or found.record.mac
+        raise TargetError(f"{plug_name!r} is outlet {found.child.index} of {strip!r}; audit "
+                          f"looks at whole plugs: --plug {strip!r}")
     return [found.record], everyone
 
 

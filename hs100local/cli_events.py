@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from hs100local.cli import cli, emit, json_db_options, one_line, settings
+from hs100local.cli import Number, cli, emit, json_db_options, one_line, settings
 
 _KIND_CHOICE = click.Choice(["dns", "ntp", "tls", "time", "firmware", "discovery", "store"])
 
@@ -150,7 +150,7 @@ def events(config_file: str | None, plug_name: str | None, kinds: tuple[str, ...
               show_default=True, help="Show the last N events first.")
 @click.option("--text", "force_text", is_flag=True,
               help="Text lines even when the output is not a terminal.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+@click.option("--interval", type=Number(min=0.05, max=3600), default=0.5, show_default=True,
               metavar="SECONDS", help="How often to look for new events.")
 def watch(config_file: str | None, plug_name: str | None, kinds: tuple[str, ...],
           client: str | None, backlog: int, force_text: bool, interval: float) -> None:

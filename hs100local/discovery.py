@@ -242,7 +242,7 @@ async def _resolve_targets(targets: Iterable[str | tuple[str, int]]) -> list[tup
         try:
             infos = await loop.getaddrinfo(host, port, family=socket.AF_INET,
                                            type=socket.SOCK_DGRAM)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             raise TargetError(f"cannot resolve target {host!r}: {exc}") from None
         address = (infos[0][4][0], port)
         if address not in out:

@@ -94,6 +94,6 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         raise TargetError(f"no host in {text!r}")
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise TargetError(f"invalid port {port_text!r} in {text!r}")
     return host, int(port_text)

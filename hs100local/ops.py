@@ -109,11 +109,15 @@ def find_outlet(info: SysInfo, selector: str) -> OutletInfo:
     for outlet in info.children:
         if outlet.id == selector:
             return outlet
-    if selector.isdigit():
+    matches = [o for o in info.children if o.alias.casefold() == selector.casefold()]
+    if selector.isascii() and selector.isdigit():  # "²".isdigit() is True, int() fails
         index = int(selector)
         if 1 <= index <= len(info.children):
-            return info.children[index - 1]
-    matches = [o for o in info.children if o.alias.casefold() == selector.casefold()]
+            by_index = info.children[index - 1]
+            if any(o is not by_index for o in matches):
+                raise TargetError(f"{selector!r} is outlet {index} and the alias of outlet "
+                                  f"{matches[0].index}; use the outlet's id")
+            return by_index
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -136,9 +140,26 @@ def _child_ids(selector: str | None) -> Op[list[str] | None]:
 
 
 def set_relay(on: bool, child: str | None = None) -> Op[None]:
-    """Switch the relay (or one outlet); on a strip without ``child`` all outlets."""
+    """Switch the relay (or one outlet); on a strip without ``child`` all outlets. The
+    state is read back: a plug that answers 0 and does not switch is an error."""
     ids = yield from _child_ids(child)
     yield from call("system", "set_relay_state", {"state": int(on)}, ids)
+    _check_relays((yield from sysinfo()), on, ids)
+
+
+def _check_relays(info: SysInfo, on: bool, ids: list[str] | None) -> None:
+    """Raise :class:`NotAppliedError` unless the switched relays read ``on``."""
+    if ids:
+        states = [(f"outlet {o.index}", o.is_on) for o in info.children if o.id in ids]
+    elif info.children:
+        states = [(f"outlet {o.index}", o.is_on) for o in info.children]
+    else:
+        states = [("the relay", bool(info.relay_on))]
+    wrong = [what for what, is_on in states if is_on != on]
+    if wrong or not states:
+        what = ", ".join(wrong) or "the outlet"
+        raise NotAppliedError(f"the plug accepted set_relay_state but {what} is still "
+                              f"{'off' if on else 'on'}")
 
 
 def relay_states(child: str | None = None) -> Op[list[tuple[str | None, bool]]]:
@@ -166,6 +187,7 @@ def toggle(child: str | None = None) -> Op[bool]:
     else:
         new, ids = not info.relay_on, None
     yield from call("system", "set_relay_state", {"state": int(new)}, ids)
+    _check_relays((yield from sysinfo()), new, ids)
     return new
 
 
@@ -186,15 +208,16 @@ def set_alias(alias: str, child: str | None = None) -> Op[None]:
     yield from call("system", "set_dev_alias", {"alias": alias}, ids)
 
 
-def set_alias_verified(alias: str, child: str | None = None) -> Op[str]:
-    """Set the alias (of the plug, or the ``child`` outlet), then read it back."""
+def set_alias_verified(alias: str, child: str | None = None) -> Op[SysInfo]:
+    """Set the alias (of the plug, or the ``child`` outlet), then read it back; returns
+    the sysinfo read back."""
     ids = yield from _child_ids(child)
     yield from call("system", "set_dev_alias", {"alias": alias}, ids)
     info = yield from sysinfo()
     now = find_outlet(info, ids[0]).alias if ids else info.alias
     if now != alias:
         raise NotAppliedError(f"the plug accepted the alias {alias!r} but reads back {now!r}")
-    return now
+    return info
 
 
 def outlet_info(selector: str) -> Op[tuple[SysInfo, OutletInfo, EmeterReading | None]]:
@@ -232,7 +255,7 @@ def _plug_time(reply: Reply) -> PlugTime:
     t = method_result(reply, "time", "get_time")
     try:
         tz: dict[str, Any] | None = method_result(reply, "time", "get_timezone")
-    except DeviceError:
+    except (DeviceError, ProtocolError):
         tz = None  # some firmware lacks get_timezone; the clock is still useful
     return PlugTime.from_dicts(t, tz)
 
@@ -292,50 +315,64 @@ def until_next_second(now: datetime) -> float:
     return 0.0 if fraction == 0 else 1.0 - fraction
 
 
-def read_back(sent_at: datetime, now: Callable[[int], datetime], tz_index: int,
-              read: Callable[[], Op[T]]) -> Op[tuple[T, datetime]]:
-    """Wait until :data:`READ_BACK_AFTER` after ``sent_at`` (host wall time in zone
-    ``tz_index``), run ``read()``; returns its result and the host time at the middle
-    of that round trip (what the reading is to be compared with)."""
-    wait = READ_BACK_AFTER - (now(tz_index) - sent_at).total_seconds()
+def read_back(sent: float, now: Callable[[int], datetime], tz_index: int,
+              read: Callable[[], Op[T]], clock: Callable[[], float] = time.monotonic,
+              ) -> Op[tuple[T, datetime, float]]:
+    """Wait until :data:`READ_BACK_AFTER` after ``sent`` (``clock``, monotonic), run
+    ``read()``; returns its result, the host's wall time in zone ``tz_index`` at the
+    middle of that round trip (what the reading is compared with), and that middle on
+    ``clock``. Durations are measured on ``clock``: wall time in a zone jumps an hour
+    twice a year."""
+    wait = READ_BACK_AFTER - (clock() - sent)
     if wait > 0:
         yield Pause(wait)
-    before = now(tz_index)
+    before = clock()
     result = yield from read()
-    after = now(tz_index)
-    return result, before + (after - before) / 2
+    after = clock()
+    wall = now(tz_index) - timedelta(seconds=(after - before) / 2)
+    return result, wall, (before + after) / 2
 
 
-def sync_time(tz_index: int, now: Callable[[int], datetime]) -> Op[TimeSync]:
+def sync_time(tz_index: int, now: Callable[[int], datetime],
+              clock: Callable[[], float] = time.monotonic) -> Op[TimeSync]:
     """Set the plug to ``now(tz_index)`` (host wall time in that zone), then read back.
 
     The plug takes whole seconds and starts counting from the moment it is set, so
     the set is sent at the start of one of this host's seconds (a pause of up to a
     second): the plug then ticks with the host instead of up to half a second apart.
-    The clock is read back half a second later. ``now`` is the caller's clock, so
-    this stays free of I/O and testable; :func:`clock_problem` judges the result.
+    The clock is read back half a second later. ``now`` and ``clock`` are the
+    caller's, so this stays free of I/O and testable; :func:`clock_problem` judges
+    the result (the caller refuses wall times that are ambiguous first, see
+    :func:`hs100local.timezones.wall_time_problem`).
     """
     yield Pause(until_next_second(now(tz_index)))
-    sent_at = now(tz_index)
+    sent_at, sent = now(tz_index), clock()
     target = _whole_second(sent_at)
     method = yield from set_clock(target, tz_index)
-    read, host_mid = yield from read_back(sent_at, now, tz_index, get_time)
+    read, host_mid, _mid = yield from read_back(sent, now, tz_index, get_time, clock)
     # Measured in the zone the plug says it is in: its own wall clock's error (a zone
     # it kept is reported by clock_problem, not as an offset of whole hours).
     zone = read.tz_index if read.tz_index in range(110) else tz_index
-    offset = plug_offset(read, host_mid + _zone_shift(now, tz_index, zone))
+    offset = _offset_or_none(read, host_mid + _zone_shift(now, tz_index, zone))
     return TimeSync(tz_index, target.isoformat(), read, offset, method)
 
 
-def set_time_verified(when: datetime, tz_index: int,
-                      now: Callable[[int], datetime]) -> Op[TimeSync]:
+def set_time_verified(when: datetime, tz_index: int, now: Callable[[int], datetime],
+                      clock: Callable[[], float] = time.monotonic) -> Op[TimeSync]:
     """Set wall time ``when`` (naive, zone ``tz_index``), read back half a second
     later; the offset is the read-back minus ``when`` plus the time since sending."""
-    sent_at = now(tz_index)
+    sent = clock()
     method = yield from set_clock(when, tz_index)
-    read, host_mid = yield from read_back(sent_at, now, tz_index, get_time)
-    expected = when + (host_mid - sent_at)
-    return TimeSync(tz_index, when.isoformat(), read, plug_offset(read, expected), method)
+    read, _wall, mid = yield from read_back(sent, now, tz_index, get_time, clock)
+    expected = when + timedelta(seconds=mid - sent)
+    return TimeSync(tz_index, when.isoformat(), read, _offset_or_none(read, expected), method)
+
+
+def _offset_or_none(read: PlugTime, expected: datetime) -> float | None:
+    try:
+        return plug_offset(read, expected)
+    except ProtocolError:  # an impossible date read back: clock_problem says so
+        return None
 
 
 def _zone_shift(now: Callable[[int], datetime], wanted: int, zone: int) -> timedelta:
@@ -347,11 +384,17 @@ def _zone_shift(now: Callable[[int], datetime], wanted: int, zone: int) -> timed
 
 def clock_problem(result: TimeSync, threshold: float) -> str | None:
     """Why a set clock is not right (for the exit code), or None when it is: the plug
-    kept another zone than asked, or its read-back is off by more than ``threshold``."""
+    kept another zone than asked (or cannot say, having refused ``set_timezone``), its
+    read-back is an impossible date, or it is off by more than ``threshold``."""
     read = result.read_back
     if read.tz_index is not None and read.tz_index != result.tz_index:
         return (f"the plug accepted {result.method} but kept zone {read.tz_index} instead "
                 f"of {result.tz_index} (clock reads {read.isoformat()})")
+    if read.tz_index is None and result.method != "set_timezone":
+        return (f"the plug refused set_timezone and does not report its zone: the time "
+                f"was set with {result.method}, zone {result.tz_index} is not set")
+    if result.offset_s is None:
+        return f"the plug accepted {result.method} but reads back {read.isoformat()}"
     if abs(result.offset_s) > threshold:
         return (f"the plug accepted {result.method} but its clock reads {read.isoformat()}, "
                 f"{result.offset_s:+.1f} s off (more than {threshold:g} s)")
@@ -534,7 +577,8 @@ def _whole_second(when: datetime) -> datetime:
 
 
 def correct_clock(
-    tz_index: int, keep_index: int, now: Callable[[int], datetime]
+    tz_index: int, keep_index: int, now: Callable[[int], datetime],
+    clock: Callable[[], float] = time.monotonic,
 ) -> Op[ClockSet]:
     """Set the clock to ``now(tz_index)`` with ``set_timezone`` (full date + zone).
 
@@ -546,16 +590,16 @@ def correct_clock(
     ``__cause__``. Reading the clock back is the caller's step.
     """
     yield Pause(until_next_second(now(tz_index)))  # see sync_time: tick with the host
-    sent = _whole_second(now(tz_index))
+    sent, at = _whole_second(now(tz_index)), clock()
     try:
         yield from call("time", "set_timezone", {"index": tz_index, **_time_params(sent)})
-        return ClockSet("set_timezone", tz_index, sent.isoformat())
+        return ClockSet("set_timezone", tz_index, sent.isoformat(), sent_monotonic=at)
     except DeviceError as exc:
         first = exc
     yield Pause(until_next_second(now(keep_index)))
-    sent = _whole_second(now(keep_index))
+    sent, at = _whole_second(now(keep_index)), clock()
     try:
         yield from call("time", "set_time", _time_params(sent))
     except DeviceError as exc:
         raise exc from first
-    return ClockSet("set_time", keep_index, sent.isoformat(), str(first))
+    return ClockSet("set_time", keep_index, sent.isoformat(), str(first), sent_monotonic=at)

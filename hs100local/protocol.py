@@ -174,6 +174,8 @@ def loads(data: bytes) -> Reply:
     except ValueError as exc:
         preview = data[:32].hex()
         raise ProtocolError(f"message is not JSON (starts {preview}): {exc}") from None
+    except RecursionError:
+        raise ProtocolError("message is JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message is JSON but not an object: {type(obj).__name__}")
     return obj
@@ -201,6 +203,8 @@ def check_request(data: bytes, limit: int = MAX_MESSAGE) -> Request:
         obj = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not JSON a plug takes: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError(f"a request is a JSON object of modules, not {_json_kind(obj)}")
     if not any(key != "context" for key in obj):

@@ -304,7 +304,9 @@ class TimeSync:
     tz_index: int  # the zone asked for
     sent: str
     read_back: PlugTime
-    offset_s: float  # plug minus host (or minus what it should read), on the read-back
+    #: plug minus host (or minus what it should read), on the read-back; None when the
+    #: plug read back an impossible date
+    offset_s: float | None
     method: str = "set_timezone"
 
     def as_dict(self) -> dict[str, Any]:
@@ -314,7 +316,7 @@ class TimeSync:
             "method": self.method,
             "read_back": self.read_back.isoformat(),
             "tz_read_back": self.read_back.tz_index,
-            "offset_s": round(self.offset_s, 3),
+            "offset_s": None if self.offset_s is None else round(self.offset_s, 3),
         }
 
 
@@ -450,6 +452,8 @@ class ClockSet:
     tz_index: int  # the zone in effect: the one asked for, or the one the plug kept
     sent: str  # the local time sent, ISO 8601 without zone
     refused: str | None = None  # set_timezone's error when set_time had to be used
+    #: the host's monotonic clock when it went out (where the read-back waits from)
+    sent_monotonic: float | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

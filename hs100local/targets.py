@@ -44,6 +44,8 @@ class OpenedTarget:
     sysinfo_reply: Reply | None = None  # the verification reply, usable once
     record: PlugRecord | None = None
     moved_from: str | None = None  # the old address when the plug was found elsewhere
+    #: the plug as it answered just now (a name is checked against it, not the inventory)
+    live: DiscoveredPlug | None = None
 
 
 def is_address(target: str) -> bool:
@@ -109,11 +111,11 @@ def open_target(
     mac = normalize_mac(text)
     inventory = _inventory(db)
     try:
-        resolved = None
+        resolved, name = None, text
         if inventory is not None:
             resolved = inventory.lookup(text)
             if resolved is None and parse_error is None and host != text:
-                resolved = inventory.lookup(host)  # "kitchen:9999"
+                resolved, name = inventory.lookup(host), host  # "kitchen:9999"
         if resolved is not None:
             if resolved.child is not None and outlet_given:
                 strip = resolved.record.alias or resolved.record.mac
@@ -127,7 +129,13 @@ def open_target(
             explicit_port = port if parse_error is None and host != text else None
             opened = _open_recorded(resolved.record, explicit_port, inventory, timeout,
                                     rediscover_timeout, budget, notify)
-            if resolved.child is not None:
+            if mac is None:  # a name: it must still be this plug's (or outlet's) name
+                try:
+                    _check_alias(opened, resolved, name, inventory)
+                except TargetError:
+                    opened.transport.close()
+                    raise
+            elif resolved.child is not None:
                 opened.child = resolved.child.id
             return opened
         if mac is not None:
@@ -153,6 +161,40 @@ def open_target(
     return OpenedTarget(BlockingTransport(host, port, timeout=timeout, budget=budget))
 
 
+def _check_alias(opened: OpenedTarget, resolved: Any, name: str, inventory: Inventory) -> None:
+    """The inventory said ``name`` is this plug (or one of its outlets); the plug itself
+    must agree now. Aliases change (in the vendor app, with ``alias``, by swapping two
+    plugs' names), and switching the outlet that *was* called "Heater" is exactly what
+    must not happen. An outlet is taken by its current alias; a name that no longer
+    fits is refused, with the inventory updated from what the plug said."""
+    live = opened.live
+    if live is None:
+        return
+    key = name.strip().casefold()
+    record = resolved.record
+    if resolved.child is None:
+        if live.alias.strip().casefold() == key:
+            return
+        inventory.record([live])
+        raise TargetError(
+            f"{name!r} was the name of {record.mac} at {live.host}, which is now called "
+            f"{live.alias!r}; the inventory is updated (run 'hs100local discover' to "
+            f"refresh every plug)")
+    matches = [c for c in live.children if c.alias.strip().casefold() == key]
+    if len(matches) == 1:
+        opened.child = matches[0].id
+        return
+    inventory.record([live])
+    strip = live.alias or record.mac
+    now = next((c.alias for c in live.children if c.index == resolved.child.index), None)
+    if matches:
+        raise TargetError(f"{len(matches)} outlets of {strip!r} are called {name!r} now; "
+                          f"use -H {strip!r} -c INDEX")
+    raise TargetError(
+        f"no outlet of {strip!r} is called {name!r} any more (outlet "
+        f"{resolved.child.index} is now {now!r}); the inventory is updated")
+
+
 def _check_name(host: str, text: str, where: str) -> None:
     """A name that is no alias must be a host name; say both when it is neither, instead
     of the resolver's bare "Name or service not known"."""
@@ -160,6 +202,8 @@ def _check_name(host: str, text: str, where: str) -> None:
 
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except UnicodeError:  # the IDNA codec: an empty or over-long label, bad characters
+        raise TargetError(f"{text!r}: {where}, and it is not a valid host name") from None
     except socket.gaierror as exc:
         if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             raise TargetError(f"{text!r}: {where}, and no host has that name") from None
@@ -172,8 +216,9 @@ def _search_time(wanted: float, budget: Budget | None) -> float:
 
 
 def _verify(host: str, port: int, mac: str, timeout: float,
-            budget: Budget | None = None) -> tuple[Any, Reply] | None:
-    """Connect and check the MAC; ``(transport, sysinfo reply)`` or None if it is not there."""
+            budget: Budget | None = None) -> tuple[Any, Reply, DiscoveredPlug] | None:
+    """Connect and check the MAC; ``(transport, sysinfo reply, what it said)`` or None if
+    it is not there."""
     from hs100local.blocking import BlockingTransport
     from hs100local.protocol import method_result
 
@@ -194,7 +239,7 @@ def _verify(host: str, port: int, mac: str, timeout: float,
     if normalize_mac(info.mac) != mac:
         transport.close()
         return None
-    return transport, reply
+    return transport, reply, DiscoveredPlug.from_sysinfo(host, port, info, via="tcp")
 
 
 def _open_recorded(
@@ -205,10 +250,10 @@ def _open_recorded(
     port = explicit_port or record.port
     checked = _verify(record.host, port, record.mac, timeout, budget)
     if checked is not None:
-        transport, reply = checked
+        transport, reply, live = checked
         transport.retries, transport.timeout = 1, timeout
         transport.connect_timeout = timeout
-        return OpenedTarget(transport, sysinfo_reply=reply, record=record)
+        return OpenedTarget(transport, sysinfo_reply=reply, record=record, live=live)
     name = f"{record.alias or record.model} ({record.mac})"
     found = _rediscover(record.mac, _search_time(rediscover_timeout, budget), notify, budget,
                         f"{name} is not at {record.host}")
@@ -216,7 +261,7 @@ def _open_recorded(
         raise UnreachableError(f"{name} is not at {record.host} and did not answer discovery")
     inventory.record([found])
     opened = _open_found(found, timeout, budget, name)
-    opened.record, opened.moved_from = record, record.host
+    opened.record, opened.moved_from, opened.live = record, record.host, found
     return opened
 
 
@@ -268,6 +313,16 @@ def _rediscover(mac: str, timeout: float, notify: Callable[[str], None] | None =
             budget.charge(time.monotonic() - started)
 
 
+def remember_sysinfo(opened: OpenedTarget, info: SysInfo,
+                     db: str | os.PathLike[str] | None = None) -> None:
+    """Record what a plug reached through the inventory says now (after ``alias``
+    renamed it or an outlet: the new name works at once, the old one no longer)."""
+    if opened.record is None:
+        return
+    transport = opened.transport
+    _remember(db, DiscoveredPlug.from_sysinfo(transport.host, transport.port, info, via="tcp"))
+
+
 def _remember(db: str | os.PathLike[str] | None, found: DiscoveredPlug) -> None:
     from hs100local.inventory import Inventory
 
@@ -275,4 +330,4 @@ def _remember(db: str | os.PathLike[str] | None, found: DiscoveredPlug) -> None:
         inventory.record([found])
 
 
-__all__ = ["SYSINFO_REQUEST", "OpenedTarget", "is_address", "open_target"]
+__all__ = ["SYSINFO_REQUEST", "OpenedTarget", "is_address", "open_target", "remember_sysinfo"]

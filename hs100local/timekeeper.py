@@ -43,6 +43,7 @@ from hs100local.results import (
     SysInfo,
     normalize_mac,
 )
+from hs100local.timezones import wall_time_problem
 from hs100local.transport import TcpTransport
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ class TimeCheck:
     ``status``: ``ok`` (nothing to do), ``fixed`` (set and read back within the
     threshold), ``refused`` (the plug would not take a time), ``unreachable`` (no
     answer, not the protocol, or ``moved``: another device answers at the address),
-    ``backoff`` (refused recently; not asked this pass). ``reasons`` says why the
+    ``backoff`` (refused recently, or the wall time to send is ambiguous: not set this
+    pass). ``reasons`` says why the
     clock was set: ``clock_lost``, ``reboot``, ``offset``, ``zone`` (or ``moved``).
     Offsets are plug minus host in seconds; ``tz_index`` is the plug's zone after
     the check, ``tz_wanted`` the one the keeper asked for. ``error`` explains a
@@ -342,6 +344,10 @@ class TimeKeeper:
             note = f"zone {clock.tz_index} kept: {zone_refused}" if wrong_zone else None
             return result("ok", offset_before_s=offset, tz_index=zone, error=note)
 
+        ambiguous = wall_time_problem(wanted, self._host_now(wanted))
+        if ambiguous is not None:  # the hour the clocks go back: wall time names two
+            return result("backoff", reasons=tuple(reasons), offset_before_s=offset,
+                          tz_index=zone, error=f"not set this pass: now {ambiguous}")
         keep = wanted if zone is None else zone
         try:
             done = await ops.run_async(ops.correct_clock(wanted, keep, self._host_now),
@@ -350,10 +356,9 @@ class TimeKeeper:
             return self._refuse(record, result, tuple(reasons), _refusal(exc),
                                 offset_before_s=offset, tz_index=zone)
         # Read back half a second after the (second-aligned) set: see ops.sync_time.
-        sent_at = datetime.fromisoformat(done.sent)
-        (info, after), _mid = await ops.run_async(
-            ops.read_back(sent_at, self._host_now, done.tz_index, ops.time_status),
-            plug.query)
+        sent = done.sent_monotonic if done.sent_monotonic is not None else time.monotonic()
+        (info, after), _wall, _mid = await ops.run_async(
+            ops.read_back(sent, self._host_now, done.tz_index, ops.time_status), plug.query)
         moved = self._moved(record, info)
         if moved is not None:  # reconnected to another device half-way: say so
             return result("unreachable", reasons=("moved",), error=moved)

@@ -36,6 +36,7 @@ __all__ = [
     "host_zone_name",
     "index_for_zone",
     "is_stable",
+    "wall_time_problem",
     "zone",
     "zoneinfo_for",
 ]
@@ -282,6 +283,25 @@ def host_now(index: int) -> datetime.datetime:
     from datetime import datetime
 
     return datetime.now(zoneinfo_for(index)).replace(tzinfo=None)
+
+
+def wall_time_problem(index: int, local: datetime.datetime) -> str | None:
+    """Why the naive wall time ``local`` in zone ``index`` cannot be sent to a plug:
+    it does not exist (the hour the clocks go forward) or it happens twice (the hour
+    they go back) — a plug takes wall time, so it would pick one of the two, or a time
+    that never was. None when it is one instant."""
+    from datetime import timezone
+
+    tz = zoneinfo_for(index)
+    first, second = local.replace(tzinfo=tz, fold=0), local.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return None
+    back = first.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None)
+    if back != local:
+        return (f"{local:%Y-%m-%d %H:%M:%S} does not exist in zone {index} (the clocks go "
+                f"forward then)")
+    return (f"{local:%Y-%m-%d %H:%M:%S} happens twice in zone {index} (the clocks go back "
+            f"then), so the plug could take either")
 
 
 def _load(name: str) -> datetime.tzinfo:

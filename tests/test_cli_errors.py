@@ -307,3 +307,77 @@ def test_h_completes_inventory_aliases_and_macs(tmp_path, strip):
     for shell in ("bash", "zsh", "fish"):
         script = sub(env={"_HS100LOCAL_COMPLETE": f"{shell}_source"})
         assert script.returncode == 0 and "_HS100LOCAL_COMPLETE" in script.stdout
+
+
+# ------------------------------------------------- odd input is one line, never a traceback
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-c", "²", "state"], "no outlet '²'"),
+    (["-H", "127.0.0.1:²", "state"], "invalid port"),
+    (["-H", "a..b", "state"], "not a valid host name"),
+    (["-H", "x" * 64, "state"], "not a valid host name"),
+    (["-H", "", "state"], "is empty"),
+    (["-c", " ", "state"], "is empty"),
+    (["--timeout", "nan", "state"], "'nan' is not a finite number"),
+    (["--timeout", "inf", "state"], "is not in the range"),
+    (["--timeout", "1e308", "state"], "is not in the range"),
+    (["raw", "[" * 2000 + "]" * 2000], "nested too deeply"),
+    (["raw", '{"a":' * 2000 + "{}" + "}" * 2000], "nested too deeply"),
+])
+def test_odd_input_is_one_line_and_sends_nothing(strip, args, words):
+    result = run("-H", f"127.0.0.1:{strip.port}", *args)
+    assert result.exit_code == 2, result.output
+    assert words in one_error(result.stderr)
+    assert strip.call(lambda: strip.server.requests) <= 1  # at most the outlet lookup
+    assert strip.call(lambda: [o.on for o in strip.server.plug.outlets]) == [False] * 6
+
+
+def test_empty_h_does_not_fall_back_to_the_environment(silent):
+    result = run("-H", "", "state", env={"HS100LOCAL_HOST": f"127.0.0.1:{silent.port}"})
+    assert result.exit_code == 2 and silent.connections == 0
+
+
+def test_an_alias_that_is_not_valid_text_is_refused(emulator):
+    result = run("-H", f"127.0.0.1:{emulator.port}", "alias", "bad\udcff")
+    assert result.exit_code == 2 and "not valid UTF-8 text" in one_error(result.stderr)
+
+
+def test_db_that_is_a_folder_is_a_usage_error(tmp_path):
+    result = run("--db", str(tmp_path), "plugs")
+    assert result.exit_code == 2 and "is a folder" in one_error(result.stderr)
+
+
+def test_a_closed_stdout_cuts_the_output_not_the_exit_code(emulator, silent):
+    """`| head -0`: the plug was switched; exit 141 (as by SIGPIPE), no traceback."""
+    for args, code in ((["-H", f"127.0.0.1:{emulator.port}", "on"], 141),
+                       (["-H", f"127.0.0.1:{silent.port}", "--timeout", "0.3", "--json",
+                         "state"], 3)):
+        read, write = os.pipe()
+        os.close(read)  # nobody reads: the first write gets EPIPE
+        try:
+            result = prockit.run([sys.executable, "-m", "hs100local", *args], stdout=write,
+                                 stderr=subprocess.PIPE, text=True, timeout=30, check=False)
+        finally:
+            os.close(write)
+        assert result.returncode == code, result.stderr
+        assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert emulator.call(lambda: emulator.server.plug.relay.on) is True
+
+
+@pytest.mark.parametrize("args", [[], ["cloud"], ["wifi"], ["schedule"], ["countdown"]])
+def test_a_group_without_its_command_shows_its_help(args):
+    result = sub(*args)
+    assert result.returncode == 0 and result.stdout.startswith("Usage: hs100local")
+    assert "Commands:" in result.stdout and result.stderr == ""
+
+
+def test_wifi_join_refuses_an_outlet_before_asking_for_a_password(strip):
+    result = CliRunner().invoke(cli, ["-H", f"127.0.0.1:{strip.port}", "-c", "1", "wifi",
+                                      "join", "home"], input="")
+    assert result.exit_code == 2 and "acts on the whole device" in result.stderr
+    assert "Password" not in result.output
+    no_input = CliRunner().invoke(cli, ["-H", f"127.0.0.1:{strip.port}", "wifi", "join",
+                                        "home"], input="")
+    assert no_input.exit_code == 2 and "no input for a prompt" in no_input.stderr
+    assert strip.call(lambda: strip.server.requests) == 0

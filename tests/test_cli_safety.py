@@ -139,7 +139,9 @@ def test_reset_of_one_outlet_never_resets_the_strip(strip):
 
 
 def strip_in_inventory(strip, tmp_path) -> str:
-    """Record the emulated strip (its outlets' aliases are names -H resolves)."""
+    """Name the emulated strip "Desk strip" and record it (its outlets' aliases are
+    names -H resolves)."""
+    strip.call(lambda: setattr(strip.server.plug, "alias", "Desk strip"))
     info = strip.call(lambda: strip.server.plug.get_sysinfo({}))
     children = tuple(
         OutletInfo(i + 1, c["id"], c["alias"], bool(c["state"]), 0)
@@ -169,7 +171,7 @@ def test_an_outlet_named_by_h_is_refused_by_device_commands(strip, tmp_path):
     both = run("--db", db, "-H", "Plug 3", "-c", "2", "on")
     assert both.exit_code == 2
     assert "'Plug 3' already names outlet 3 of 'Desk strip'; drop -c" in one_error(both)
-    assert requests(strip) == 2  # only the "on" above: its address check, the switch
+    assert requests(strip) == 3  # only the "on" above: address check, switch, read-back
 
 
 @pytest.mark.parametrize("path", sorted(OUTLET_ARGS))
@@ -224,3 +226,68 @@ def test_h_from_the_environment_does_not_bother_other_commands(tmp_path):
     result = run("--db", str(tmp_path / "x.db"), "plugs",
                  env={"HS100LOCAL_HOST": "192.0.2.1"})
     assert result.exit_code == 0 and "No plugs recorded yet" in result.stdout
+
+
+def test_a_renamed_outlet_is_not_switched_by_its_old_name(strip, tmp_path):
+    """The inventory said "Plug 2" is outlet 2; since then outlet 2 became "Heater" and
+    outlet 3 "Plug 2". The old name must not switch the heater."""
+    db = strip_in_inventory(strip, tmp_path)
+    host = f"127.0.0.1:{strip.port}"
+    assert run("-H", host, "-c", "2", "alias", "Heater").exit_code == 0
+    assert run("-H", host, "-c", "3", "alias", "Plug 2").exit_code == 0
+    result = run("--db", db, "-H", "Plug 2", "on")
+    assert result.exit_code == 0, result.output
+    assert strip.call(lambda: [o.on for o in strip.server.plug.outlets]) == [
+        False, False, True, False, False, False]  # the outlet called "Plug 2" now
+    assert run("-H", host, "-c", "3", "alias", "Lamp").exit_code == 0
+    gone = run("--db", db, "-H", "Plug 2", "off")
+    assert gone.exit_code == 2
+    assert "no outlet of 'Desk strip' is called 'Plug 2' any more" in one_error(gone)
+    assert strip.call(lambda: strip.server.plug.outlets[2].on) is True  # nothing switched
+    # the inventory learnt the new names from the plug itself
+    assert run("--db", db, "-H", "Heater", "on").exit_code == 0
+    assert strip.call(lambda: strip.server.plug.outlets[1].on) is True
+
+
+def test_a_renamed_plug_is_not_switched_by_its_old_name(strip, tmp_path):
+    db = strip_in_inventory(strip, tmp_path)
+    assert run("-H", f"127.0.0.1:{strip.port}", "alias", "Heater strip").exit_code == 0
+    result = run("--db", db, "-H", "Desk strip", "on")
+    assert result.exit_code == 2
+    assert "'Desk strip' was the name of" in one_error(result)
+    assert "now called 'Heater strip'" in result.stderr
+    assert strip.call(lambda: [o.on for o in strip.server.plug.outlets]) == [False] * 6
+    # renaming through the inventory updates it: the new name works at once
+    assert run("--db", db, "-H", "Heater strip", "alias", "Desk").exit_code == 0
+    assert run("--db", db, "-H", "Desk", "on").exit_code == 0
+    assert strip.call(lambda: [o.on for o in strip.server.plug.outlets]) == [True] * 6
+
+
+def test_an_outlet_alias_that_is_also_an_index_is_ambiguous(strip):
+    host = f"127.0.0.1:{strip.port}"
+    assert run("-H", host, "-c", "1", "alias", "2").exit_code == 0
+    result = run("-H", host, "-c", "2", "on")
+    assert result.exit_code == 2 and "'2' is outlet 2 and the alias of outlet 1" in \
+        one_error(result)
+    assert strip.call(lambda: [o.on for o in strip.server.plug.outlets]) == [False] * 6
+
+
+def test_forget_and_audit_never_widen_an_outlet_to_the_strip(strip, tmp_path):
+    db = strip_in_inventory(strip, tmp_path)
+    forget = run("--db", db, "plugs", "forget", "Plug 4")
+    assert forget.exit_code == 2
+    assert "'Plug 4' is outlet 4 of 'Desk strip'; forget removes whole plugs" in \
+        one_error(forget)
+    audit = run("--db", db, "audit", "--plug", "Plug 4", "--fix")
+    assert audit.exit_code == 2 and "audit looks at whole plugs" in one_error(audit)
+    assert requests(strip) == 0
+    listed = json.loads(run("--db", db, "--json", "plugs").stdout)
+    assert [p["alias"] for p in listed] == ["Desk strip"]
+
+
+def test_a_switch_the_plug_does_not_make_is_exit_1(emulator):
+    emulator.call(lambda: setattr(emulator.server.plug, "set_relay_state",
+                                  lambda params, targets: {}))
+    result = run("-H", f"127.0.0.1:{emulator.port}", "on")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "accepted set_relay_state but the relay is still off" in one_error(result)

@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from hs100local.cli import cli
@@ -132,3 +133,90 @@ def test_read_back_waits_half_a_second_after_the_set(emulator):
     started = time.monotonic()
     assert run("-H", f"127.0.0.1:{emulator.port}", "time", "sync").exit_code == 0
     assert 0.45 <= time.monotonic() - started < 2.5
+
+
+# ------------------------------------------------------- daylight saving, odd plugs
+
+BERLIN = 41
+
+
+def test_wall_times_that_do_not_name_one_instant():
+    from datetime import datetime
+
+    from hs100local.timezones import wall_time_problem
+
+    assert wall_time_problem(BERLIN, datetime(2026, 6, 1, 12, 0)) is None
+    assert "does not exist in zone 41" in wall_time_problem(BERLIN, datetime(2026, 3, 29, 2, 30))
+    assert "happens twice in zone 41" in wall_time_problem(BERLIN, datetime(2026, 10, 25, 2, 30))
+    assert wall_time_problem(UTC_INDEX, datetime(2026, 10, 25, 2, 30)) is None
+
+
+def test_read_back_waits_on_the_monotonic_clock_not_wall_time():
+    """Wall time in a zone jumps an hour twice a year: a read-back that measured its
+    half second on it once asked for a pause of 3599 s."""
+    from datetime import datetime
+
+    from hs100local import ops
+
+    walls = iter([datetime(2026, 10, 25, 2, 0, 0), datetime(2026, 10, 25, 2, 59, 59)])
+    op = ops.read_back(100.0, lambda _tz: next(walls), BERLIN, ops.get_time,
+                       clock=iter([100.2, 100.5, 100.51]).__next__)
+    assert next(op) == ops.Pause(pytest.approx(0.3))
+
+
+def test_a_nonexistent_local_time_is_refused_before_sending(emulator):
+    result = run("-H", f"127.0.0.1:{emulator.port}", "time", "set", "2026-03-29T02:30:00",
+                 "--zone", "Europe/Berlin")
+    assert result.exit_code == 2 and "does not exist in zone 41" in error_line(result)
+    assert emulator.call(lambda: emulator.server.requests) == 0
+
+
+def test_sync_in_the_repeated_hour_is_refused_before_sending(emulator, monkeypatch):
+    from datetime import datetime
+
+    from hs100local import timezones
+
+    monkeypatch.setattr(timezones, "host_now", lambda _index: datetime(2026, 10, 25, 2, 30))
+    result = run("-H", f"127.0.0.1:{emulator.port}", "time", "sync", "--tz-index", "41")
+    assert result.exit_code == 1 and "happens twice in zone 41" in error_line(result)
+    assert emulator.call(lambda: emulator.server.requests) == 0
+
+
+def test_the_keeper_leaves_a_clock_alone_in_the_repeated_hour(start_emulator, tmp_path):
+    import asyncio
+    from datetime import datetime, timezone
+
+    from hs100local.timekeeper import TimeKeeper
+
+    emu = start_emulator("hs100", tz_index=BERLIN)
+    db = tmp_path / "inv.db"
+    remember(emu, db)
+    first_0230 = datetime(2026, 10, 25, 0, 30, tzinfo=timezone.utc).timestamp()  # CEST
+    with Inventory(db) as inventory:
+        keeper = TimeKeeper(inventory, default_zone=BERLIN, now=lambda: first_0230)
+        (check,) = asyncio.run(keeper.run_once())
+    assert check.status == "backoff" and "happens twice" in check.error
+    assert emu.call(lambda: emu.server.plug.calls[("time", "set_timezone")]) == 0
+
+
+def test_a_zone_the_plug_cannot_take_or_report_is_not_set(start_emulator):
+    """It refuses set_timezone and has no get_timezone: set_time sets the clock, but the
+    zone asked for was never applied, and the command must not say it was."""
+    emu = start_emulator("hs100", tz_index=UTC_INDEX)
+    emu.call(lambda: emu.server.plug.refused.update({("time", "set_timezone"),
+                                                     ("time", "get_timezone")}))
+    result = run("-H", f"127.0.0.1:{emu.port}", "--json", "time", "sync", "--zone",
+                 "Asia/Tokyo")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["method"] == "set_time" and data["ok"] is False
+    assert "does not report its zone" in data["error"]
+
+
+def test_an_impossible_plug_date_is_shown_not_a_crash(emulator):
+    emulator.call(lambda: setattr(emulator.server.plug, "get_time", lambda params: {
+        "year": 2026, "month": 2, "mday": 30, "hour": 1, "min": 2, "sec": 3}))
+    result = run("-H", f"127.0.0.1:{emulator.port}", "--json", "time")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"time": "2026-02-30T01:02:03", "tz_index": 6,
+                                         "offset_s": None}

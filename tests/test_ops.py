@@ -9,7 +9,7 @@ import pytest
 
 from hs100local import ops
 from hs100local.emulator import MODELS, EmulatedPlug
-from hs100local.errors import DeviceError, ProtocolError, TargetError
+from hs100local.errors import DeviceError, NotAppliedError, ProtocolError, TargetError
 from hs100local.results import EmeterReading, EnergyEntry, SysInfo
 
 # Shape of a real HS110(EU) hw 1.0 reply (python-kasa fixture), v1 energy units.
@@ -76,10 +76,24 @@ def test_emeter_units_are_normalised():
     assert EnergyEntry.from_dict({"year": 2024, "month": 2, "energy": 0.25}).energy_kwh == 0.25
 
 
-def test_toggle_reads_then_sets_the_opposite():
-    script = Script(HS110_V1, {"system": {"set_relay_state": {"err_code": 0}}})
+def off(reply: dict) -> dict:
+    """``reply`` with the relay read back off."""
+    info = dict(reply["system"]["get_sysinfo"], relay_state=0)
+    return {**reply, "system": {"get_sysinfo": info}}
+
+
+def test_toggle_reads_then_sets_the_opposite_and_reads_it_back():
+    script = Script(HS110_V1, {"system": {"set_relay_state": {"err_code": 0}}}, off(HS110_V1))
     assert ops.run_sync(ops.toggle(), script) is False
     assert script.requests[1] == {"system": {"set_relay_state": {"state": 0}}}
+    assert script.requests[2] == {"system": {"get_sysinfo": {}}}
+
+
+def test_a_relay_that_does_not_switch_is_not_applied():
+    """The plug answers 0 and keeps its relay: that is an error, not "Power OFF"."""
+    script = Script({"system": {"set_relay_state": {"err_code": 0}}}, HS110_V1)
+    with pytest.raises(NotAppliedError, match="set_relay_state but the relay is still on"):
+        ops.run_sync(ops.set_relay(False), script)
 
 
 def test_device_error_surfaces_with_code():
