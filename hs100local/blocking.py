@@ -113,8 +113,9 @@ class BlockingTransport(Endpoint):
                 )
             decoder.feed(chunk)
 
-    def _may_retry(self) -> bool:
-        return self.budget is None or self.budget.remaining() >= MIN_RETRY_S
+    def _may_retry(self, this_try: float) -> bool:
+        """Worth another try: time is left after ``this_try`` (not yet charged)."""
+        return self.budget is None or self.budget.remaining() - this_try >= MIN_RETRY_S
 
     def query_bytes(self, message: bytes, *, repeatable: bool = True) -> bytes:
         """Send one plaintext message, return the decrypted plaintext reply.
@@ -142,10 +143,8 @@ class BlockingTransport(Endpoint):
                     raise classify_os_error(exc, f"talking to {self.where}") from None
             except Hs100Error as exc:
                 self.close()
-                if self.budget is not None:
-                    self.budget.charge(time.monotonic() - started)
-                    started = time.monotonic()
-                if (not exc.retryable or attempt >= self.retries or not self._may_retry()
+                if (not exc.retryable or attempt >= self.retries
+                        or not self._may_retry(time.monotonic() - started)
                         or (sending and not repeatable)):
                     raise
             finally:

@@ -307,9 +307,11 @@ class Failure(click.ClickException):
         self.reported = reported
 
 
-class ScopedCommand(click.Command):
-    """A command that declares what it acts on (``scope``, see the module docstring)
-    and refuses -H/-c it cannot honour before its callback runs."""
+class _Scoped:
+    """What a command acts on (``scope``, see the module docstring); -H/-c it cannot
+    honour are refused before its callback runs."""
+
+    scope: str
 
     def __init__(self, *args: Any, scope: str = "local", **kwargs: Any) -> None:
         if scope not in SCOPES:
@@ -318,26 +320,24 @@ class ScopedCommand(click.Command):
         self.scope = scope
 
     def invoke(self, ctx: click.Context) -> Any:
-        return _invoke_scoped(self, ctx, super().invoke)
+        return _invoke_scoped(self, ctx, super().invoke)  # type: ignore[misc]
 
 
-class ScopedGroup(click.Group):
+class ScopedCommand(_Scoped, click.Command):
+    """A command with a scope."""
+
+
+class ScopedGroup(_Scoped, click.Group):
     """A group with a scope of its own (for ``time``, ``emeter`` without a subcommand);
     its subcommands are scoped commands too."""
 
     command_class = ScopedCommand
     group_class = type  # subgroups are ScopedGroups
 
-    def __init__(self, *args: Any, scope: str = "local", **kwargs: Any) -> None:
-        if scope not in SCOPES:
-            raise ValueError(f"scope {scope!r} is not one of {SCOPES}")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.scope = scope
         if self.callback is not None and self.invoke_without_command:
             self.callback = _checked_alone(self.callback)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        return _invoke_scoped(self, ctx, super().invoke)
 
 
 def _checked_alone(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -390,8 +390,6 @@ def report_failure(message: str, exit_code: int, *, as_json: bool,
                    data: dict[str, Any] | None = None, reported: bool = False) -> None:
     """The one way a failure is shown: one line on stderr, and JSON on stdout (neither
     may fail in turn: a closed pipe ends the output, not the exit code)."""
-    import contextlib
-
     text = one_line(message)
     with contextlib.suppress(OSError):
         click.echo(f"hs100local: error: {text}", err=True)
@@ -411,16 +409,14 @@ class RootGroup(ScopedGroup):
     def invoke(self, ctx: click.Context) -> Any:
         from hs100local.errors import Hs100Error
 
-        emitted = lambda: isinstance(ctx.obj, Settings) and ctx.obj.emitted_json  # noqa: E731
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # a TargetError (exit 2) is a UsageError by now
         except Failure as exc:
-            exc.reported = exc.reported or emitted()
+            exc.reported = exc.reported or ctx.ensure_object(Settings).emitted_json
             raise
         except Hs100Error as exc:
-            if exc.exit_code == 2:
-                raise click.UsageError(one_line(str(exc))) from None
-            raise Failure(str(exc), exc.exit_code, reported=emitted()) from None
+            raise Failure(str(exc), exc.exit_code,
+                          reported=ctx.ensure_object(Settings).emitted_json) from None
         except OSError as exc:
             # stdout closed under us (`| head -0`): the output is cut short, as by SIGPIPE,
             # and the exit code says so (128 + 13), not "the plug refused" (1, click's)

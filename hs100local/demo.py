@@ -26,8 +26,7 @@ hourly). The second time request shows that the first one set the clock.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +56,10 @@ WAIT = 10.0
 #: seconds for starting, settling and stopping (each a bound, never a sleep)
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
+
+
+#: the exit code of a command the user interrupted (the CLI's, for Ctrl-C)
+INTERRUPTED = 130
 
 
 class DemoError(Hs100Error):
@@ -104,24 +107,22 @@ class _Demo:
         self.command = command
         self.temporary = temporary
         self.failed = 0
-        self.interrupted = [False]
 
     def run(self) -> int:
         import time
 
         started = time.monotonic()
         lab = _Lab(self.db)
-        with _noting_interrupts() as self.interrupted:
-            try:
-                lab.start()
-                self._intro(lab)
-                missing = lab.wait_for_story(WAIT)
-                waited = time.monotonic() - started
-                lab.settle()  # the plugs stop: what follows reads a still picture
-                self._story(lab, missing, waited)
-                self._commands()
-            finally:
-                lab.stop()
+        try:
+            lab.start()
+            self._intro(lab)
+            missing = lab.wait_for_story(WAIT)
+            waited = time.monotonic() - started
+            lab.settle()  # the plugs stop: what follows reads a still picture
+            self._story(lab, missing, waited)
+            self._commands()
+        finally:
+            lab.stop()
         self._next()
         return 1 if missing or self.failed else 0
 
@@ -197,7 +198,7 @@ class _Demo:
                 self.echo(text)
             self.echo(self._shown(args))
             code = self.command(["--db", str(self.db), *args])
-            if self.interrupted[0]:  # the CLI turned Ctrl-C into an exit code
+            if code == INTERRUPTED:  # Ctrl-C inside the command: stop here too
                 raise KeyboardInterrupt
             if code:
                 self.failed += 1
@@ -219,30 +220,6 @@ class _Demo:
 
 def _at(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
-
-
-@contextmanager
-def _noting_interrupts() -> Iterator[list[bool]]:
-    """A command run in-process turns Ctrl-C into "interrupted" and an exit code (130);
-    note the Ctrl-C (``flag[0]``) so that the demo stops instead of going on."""
-    import signal
-    import threading
-
-    flag = [False]
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield flag
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        flag[0] = True
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _Lab:

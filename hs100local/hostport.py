@@ -4,9 +4,6 @@ names, ``[IPv6]:PORT``), the transports' shared :class:`Endpoint`, and the
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from hs100local.errors import TargetError
 from hs100local.protocol import MAX_MESSAGE
 
@@ -23,10 +20,9 @@ class Budget:
     start of a second on purpose); each wait is capped at :meth:`remaining`.
     """
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.spent = 0.0
-        self.clock = clock
 
     def remaining(self) -> float:
         return self.seconds - self.spent
@@ -37,11 +33,6 @@ class Budget:
 
     def charge(self, seconds: float) -> None:
         self.spent += max(seconds, 0.0)
-
-    @property
-    def waited(self) -> str:
-        """What was spent, for messages: "1.0 s"."""
-        return f"{self.spent:.1f} s"
 
 
 class Endpoint:
